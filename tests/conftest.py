@@ -1,0 +1,29 @@
+"""Test setup: 8 fake CPU devices (must be set before jax is imported)."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+
+import pytest  # noqa: E402
+
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+
+
+@pytest.fixture
+def tiny_config():
+  import mced  # configs/mced.py  pylint: disable=import-outside-toplevel
+  return mced.get_config("tiny")
+
+
+def require_shared_data():
+  if not os.path.isdir(SHARED_DATA):
+    pytest.skip(f"../shared/data not found at {os.path.abspath(SHARED_DATA)}: "
+                "this test reads the shared real data")

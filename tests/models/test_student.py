@@ -1,0 +1,99 @@
+"""The speech student: shapes, masks, padding invariance, masked max-pooling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mced_jax.models.student import Student, conv_output_mask
+
+
+def tiny_student(**kw):
+  args = dict(num_classes=4, conv_channels=(8, 8, 8, 8), d_model=16, num_layers=3,
+              num_heads=4, mlp_dim=32, classifier_hidden=8, dropout=0.0)
+  args.update(kw)
+  return Student(**args)
+
+
+def test_shapes_and_hidden_states():
+  m = tiny_student()
+  x = np.random.default_rng(0).normal(size=(2, 37, 130)).astype(np.float32)
+  mask = np.arange(37)[None] < np.array([[37], [20]])
+  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  logits, hidden, out_mask = m.apply({"params": params}, x, mask)
+  assert logits.shape == (2, 4)
+  assert len(hidden) == 4  # conv output + 3 layers
+  # strides (1, 2, 1, 2): 37 -> 19 -> 10 frames; valid 37 -> 10, 20 -> 5
+  assert hidden[-1].shape == (2, 10, 16)
+  np.testing.assert_array_equal(np.asarray(out_mask).sum(1), [10, 5])
+
+
+def test_conv_output_mask_is_ceil_of_length():
+  lengths = np.arange(1, 30)
+  mask = np.arange(30)[None] < lengths[:, None]
+  out = np.asarray(conv_output_mask(jnp.asarray(mask), 2)).sum(1)
+  np.testing.assert_array_equal(out, -(-lengths // 2))
+
+
+def test_appending_padding_changes_nothing():
+  m = tiny_student()
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(3, 41, 130)).astype(np.float32)
+  lengths = np.array([41, 30, 7])
+  mask = np.arange(41)[None] < lengths[:, None]
+  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  logits, hidden, out_mask = m.apply({"params": params}, x, mask)
+  for extra in (1, 2, 13):
+    xp = np.concatenate([x, 1e4 * rng.normal(size=(3, extra, 130)).astype(np.float32)], 1)
+    xp = np.where((np.arange(41 + extra)[None] < lengths[:, None])[..., None], xp, -7e3)
+    mp = np.arange(41 + extra)[None] < lengths[:, None]
+    logits_p, hidden_p, mask_p = m.apply({"params": params}, xp, mp)
+    np.testing.assert_allclose(logits, logits_p, atol=1e-5)
+    t = hidden[-1].shape[1]
+    valid = np.asarray(out_mask)
+    np.testing.assert_array_equal(np.asarray(mask_p)[:, :t], valid)
+    for h, hp in zip(hidden, hidden_p):
+      np.testing.assert_allclose(np.asarray(h)[valid], np.asarray(hp)[:, :t][valid], atol=1e-4)
+
+
+def test_same_utterance_alone_or_batched():
+  m = tiny_student()
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(2, 32, 130)).astype(np.float32)
+  mask = np.arange(32)[None] < np.array([[32], [18]])
+  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  both = m.apply({"params": params}, x, mask)[0]
+  alone = m.apply({"params": params}, x[1:, :18], np.ones((1, 18), bool))[0]
+  np.testing.assert_allclose(both[1:], alone, atol=1e-5)
+
+
+def test_max_pool_never_picks_padding():
+  # A huge feature value at padded frames would dominate any unmasked max.
+  m = tiny_student(num_layers=1)
+  x = np.zeros((1, 16, 130), np.float32)
+  x[0, :8] = np.random.default_rng(3).normal(size=(8, 130))
+  mask = np.arange(16)[None] < 8
+  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  a = m.apply({"params": params}, x, mask)[0]
+  x[0, 8:] = 1e6
+  b = m.apply({"params": params}, x, mask)[0]
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_all_padding_row_is_finite():
+  m = tiny_student()
+  x = np.ones((2, 12, 130), np.float32)
+  mask = np.zeros((2, 12), bool)
+  mask[0, :5] = True
+  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  logits = m.apply({"params": params}, x, mask)[0]
+  assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_bf16_compute_keeps_fp32_params():
+  m = tiny_student(dtype=jnp.bfloat16)
+  x = np.ones((1, 12, 130), np.float32)
+  mask = np.ones((1, 12), bool)
+  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  logits, hidden, _ = m.apply({"params": params}, x, mask)
+  assert hidden[-1].dtype == jnp.bfloat16 and logits.dtype == jnp.float32

@@ -1,0 +1,57 @@
+"""The CLI: stages, overrides, clear errors, and the benchmark stage."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mced_jax import main as main_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "mced_jax.main", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_key_is_a_clear_error(tmp_path):
+  p = run("--config=configs/mced.py:tiny", f"--workdir={tmp_path}",
+          "--config.distill.no_such_key=3")
+  assert p.returncode != 0
+  assert "no_such_key" in p.stderr
+
+
+def test_bad_value_is_a_clear_error(tmp_path):
+  p = run("--config=configs/mced.py:tiny", f"--workdir={tmp_path}",
+          "--config.distill.num_steps=lots")
+  assert p.returncode != 0
+  assert "num_steps" in p.stderr
+
+
+def test_unknown_stage_is_a_clear_error():
+  with pytest.raises(ValueError, match="unknown stage"):
+    main_lib.parse_stages("distill,dance")
+  assert main_lib.parse_stages(" distill , benchmark") == ["distill", "benchmark"]
+
+
+def test_benchmark_stage_writes_json_and_table(tmp_path):
+  p = run("--config=configs/benchmark.py:tiny", f"--workdir={tmp_path}")
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "examples/s" in p.stdout and "MFU" in p.stdout
+  files = glob.glob(str(tmp_path / "benchmark" / "*.json"))
+  assert len(files) == 1
+  r = json.load(open(files[0], encoding="utf-8"))
+  for key in ("step_time_median_s", "step_time_p90_s", "examples_per_s",
+              "audio_frames_per_s", "text_tokens_per_s", "compile_s", "mfu",
+              "analytic_flops_per_step", "xla_flops_per_step", "memory"):
+    assert key in r, key
+  assert r["examples_per_s"] > 0 and r["step_time_p90_s"] >= r["step_time_median_s"]
+  # The analytic count and XLA's agree to within a factor well below 2.
+  assert 0.5 < r["xla_over_analytic"] < 2.0
+  assert os.path.exists(tmp_path / "benchmark" / "results.md")
