@@ -1,0 +1,73 @@
+"""TFDS builder for MCED utterances: IS16 features + WordPiece ids (+ label).
+
+One builder class serves every corpus; the corpus is a BuilderConfig whose name is
+the corpus name, so data lands in `<data_dir>/mced_pairs/<corpus>/1.0.0/`. The
+examples come from already extracted feature caches (see features.py), so building
+the TFRecords is cheap and deterministic (TFDS orders examples by key hash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipelines import features as feat_lib
+
+
+@dataclasses.dataclass(eq=False)
+class PairsConfig(tfds.core.BuilderConfig):
+  label_names: tuple = ()  # empty: unlabelled pairs (no `label` feature)
+  feature_dtype: str = "float16"
+
+
+class MCEDPairs(tfds.core.GeneratorBasedBuilder):
+  """Utterances with acoustic features, tokens and metadata."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "IS16 ComParE LLD+delta (130-d) features, WordPiece ids."}
+
+  def __init__(self, *, records_by_split=None, cache_dir=None, tokens_by_id=None, **kwargs):
+    # Inputs for generation; absent when the builder only reads prepared data.
+    self._records_by_split = records_by_split or {}
+    self._cache_dir = cache_dir
+    self._tokens = tokens_by_id or {}
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    dtype = {"float16": np.float16, "float32": np.float32}[cfg.feature_dtype]
+    feats = {
+        "acoustic": tfds.features.Tensor(shape=(None, feat_lib.FEATURE_DIM), dtype=dtype),
+        "input_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+        "speaker": tfds.features.Text(),
+        "utt_id": tfds.features.Text(),
+        "duration": tfds.features.Scalar(dtype=np.float32),
+        "transcript": tfds.features.Text(),
+    }
+    if cfg.label_names:
+      feats["label"] = tfds.features.ClassLabel(names=list(cfg.label_names))
+    return tfds.core.DatasetInfo(builder=self, description=cfg.description,
+                                 features=tfds.features.FeaturesDict(feats))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # everything is local
+    return {split: self._generate_examples(recs)
+            for split, recs in self._records_by_split.items()}
+
+  def _generate_examples(self, records):
+    cfg = self.builder_config
+    for r in records:
+      x = np.load(feat_lib.feature_path(self._cache_dir, r.utt_id))
+      ex = {
+          "acoustic": x.astype(cfg.feature_dtype),
+          "input_ids": self._tokens[r.utt_id],
+          "speaker": r.speaker,
+          "utt_id": r.utt_id,
+          "duration": np.float32(x.shape[0] / feat_lib.FRAME_RATE),
+          "transcript": r.text,
+      }
+      if cfg.label_names:
+        ex["label"] = r.label
+      yield r.utt_id, ex

@@ -1,0 +1,23 @@
+"""The common utterance record every corpus adapter produces."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class Utterance:
+  utt_id: str  # unique within the corpus; also the TFDS example key
+  audio_path: str
+  text: str = ""
+  label: str | None = None  # class name, or None for unlabelled pairs
+  speaker: str = ""
+  split: str = "train"
+  session: str = ""  # recording session / group (IEMOCAP folds, MELD dialogue)
+
+
+def by_split(records) -> dict[str, list[Utterance]]:
+  out: dict[str, list[Utterance]] = {}
+  for r in records:
+    out.setdefault(r.split, []).append(r)
+  return out
