@@ -1,0 +1,169 @@
+"""Text corpora for the teacher.
+
+* The 5-class **Teacher Text Emotion Dataset** (paper 3.1.1, Table 1): XED English
+  + EmotionLines (Friends), classes neutral, happiness, surprise, sadness, anger.
+  Recipe (matches Table 1's train counts within a few %): EmotionLines' official
+  train/dev/test; a seeded 70/15/15 split of XED's annotated lines (by distinct text), each annotation
+  of a multi-label line counted as one sample; XED's neutral lines de-duplicated and
+  split the same way. joy -> happiness; XED anticipation/disgust/fear/trust and
+  EmotionLines non-neutral/disgust/fear are dropped. Lines are split *before*
+  expanding multi-labels, so one text never lands in two splits.
+* One-sentence-per-line corpora for continued MLM pretraining.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from data_pipelines.tokenize import clean_text
+
+CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger")
+# Paper Table 1.
+PAPER_TABLE1 = {
+    "train": {"neutral": 10193, "happiness": 3285, "surprise": 2908, "sadness": 2111,
+              "anger": 3175},
+    "validation": {"neutral": 1270, "happiness": 419, "surprise": 389, "sadness": 287,
+                   "anger": 481},
+    "test": {"neutral": 2889, "happiness": 838, "surprise": 792, "sadness": 564,
+             "anger": 921},
+}
+XED_LABELS = {1: "anger", 5: "happiness", 6: "sadness", 7: "surprise"}  # others dropped
+EMOTIONLINES_LABELS = {"neutral": "neutral", "joy": "happiness", "surprise": "surprise",
+                       "sadness": "sadness", "anger": "anger"}
+
+
+def _split_of(n: int, seed: int, fractions=(0.7, 0.15, 0.15)) -> np.ndarray:
+  """A seeded assignment of n items to 0/1/2 = train/validation/test."""
+  perm = np.random.default_rng(seed).permutation(n)
+  cut1 = int(round(fractions[0] * n))
+  cut2 = cut1 + int(round(fractions[1] * n))
+  out = np.empty(n, np.int8)
+  out[perm[:cut1]], out[perm[cut1:cut2]], out[perm[cut2:]] = 0, 1, 2
+  return out
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def read_xed(xed_dir: str, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+  out = {s: [] for s in SPLITS}
+  ann = os.path.join(xed_dir, "en-annotated.tsv")
+  lines = []
+  with open(ann, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      line = line.rstrip("\n")
+      if not line.strip():
+        continue
+      text, _, labels = line.rpartition("\t")
+      try:
+        ids = [int(x) for x in labels.replace(" ", "").split(",") if x]
+      except ValueError as e:
+        raise ValueError(f"{ann}:{i}: bad label field {labels!r}") from e
+      text = clean_text(text)
+      if text:
+        lines.append((text, ids))
+  # Split by distinct text: a line repeated in the file keeps all its annotations
+  # in one split, so no text leaks from train into test.
+  texts = list(dict.fromkeys(t for t, _ in lines))
+  split_of_text = dict(zip(texts, _split_of(len(texts), seed)))
+  for text, ids in lines:
+    for k in ids:
+      if k in XED_LABELS:
+        out[SPLITS[split_of_text[text]]].append((text, XED_LABELS[k]))
+  neu_path = os.path.join(xed_dir, "neu_en.txt")
+  seen, neutral = set(texts), []  # a text annotated with an emotion is not neutral
+  with open(neu_path, encoding="utf-8") as f:
+    for line in f:
+      line = line.rstrip("\n")
+      if "\t" not in line:
+        continue  # one known line lacks its label column
+      _, text = line.split("\t", 1)
+      text = clean_text(text)
+      if text and text not in seen:
+        seen.add(text)
+        neutral.append(text)
+  for text, s in zip(neutral, _split_of(len(neutral), seed + 1)):
+    out[SPLITS[s]].append((text, "neutral"))
+  return out
+
+
+def read_emotionlines(el_dir: str) -> dict[str, list[tuple[str, str]]]:
+  out = {}
+  for split, name in (("train", "friends_train.json"), ("validation", "friends_dev.json"),
+                      ("test", "friends_test.json")):
+    path = os.path.join(el_dir, name)
+    with open(path, encoding="utf-8") as f:
+      dialogues = json.load(f)
+    rows = []
+    for dia in dialogues:
+      for utt in dia:
+        lab = EMOTIONLINES_LABELS.get(utt.get("emotion", "").strip().lower())
+        text = clean_text(utt.get("utterance", ""))
+        if lab and text:
+          rows.append((text, lab))
+    out[split] = rows
+  return out
+
+
+def teacher_text_dataset(xed_dir: str, el_dir: str, seed: int = 0):
+  xed, el = read_xed(xed_dir, seed), read_emotionlines(el_dir)
+  return {s: xed[s] + el[s] for s in SPLITS}
+
+
+def class_counts(data) -> dict[str, dict[str, int]]:
+  return {s: {c: sum(1 for _, l in rows if l == c) for c in CLASSES} for s, rows in data.items()}
+
+
+def counts_table(data) -> str:
+  """Our per-class counts beside the paper's Table 1, with the relative difference."""
+  counts = class_counts(data)
+  lines = ["| split | class | ours | paper | diff |", "|---|---|---|---|---|"]
+  for s in SPLITS:
+    for c in CLASSES:
+      ours, paper = counts[s][c], PAPER_TABLE1[s][c]
+      lines.append(f"| {s} | {c} | {ours} | {paper} | {100 * (ours - paper) / paper:+.1f} % |")
+  return "\n".join(lines)
+
+
+def write_jsonl(data, out_dir: str) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  for s, rows in data.items():
+    with open(os.path.join(out_dir, f"{s}.jsonl"), "w", encoding="utf-8") as f:
+      for text, label in rows:
+        f.write(json.dumps({"text": text, "label": label}) + "\n")
+  with open(os.path.join(out_dir, "counts.md"), "w", encoding="utf-8") as f:
+    f.write(counts_table(data) + "\n")
+
+
+def read_lines(paths, min_words: int = 1) -> list[str]:
+  """One-sentence-per-line corpora (MLM): cleaned, non-empty, de-duplicated."""
+  seen, out = set(), []
+  for p in paths:
+    with open(p, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        t = clean_text(line)
+        if t and len(t.split()) >= min_words and t not in seen:
+          seen.add(t)
+          out.append(t)
+  return out
+
+
+def main(argv=None):
+  import argparse  # pylint: disable=import-outside-toplevel
+  p = argparse.ArgumentParser(description="Build the 5-class Teacher Text Emotion Dataset")
+  p.add_argument("--xed", default="../shared/data/text/xed")
+  p.add_argument("--emotionlines", default="../shared/data/text/emotionlines_friends")
+  p.add_argument("--out", default="data/teacher_text")
+  p.add_argument("--seed", type=int, default=0)
+  a = p.parse_args(argv)
+  data = teacher_text_dataset(a.xed, a.emotionlines, a.seed)
+  write_jsonl(data, a.out)
+  print(counts_table(data))
+  print(f"wrote {sum(len(v) for v in data.values())} examples to {a.out}")
+
+
+if __name__ == "__main__":
+  main()
