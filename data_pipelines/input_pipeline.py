@@ -57,11 +57,16 @@ def dataset_dir(prepared_dir: str, name: str | None = None) -> str:
   return os.path.join(root, names[0], versions[-1])
 
 
-def load_stats(prepared_dir: str) -> tuple[np.ndarray, np.ndarray]:
+def load_stats(prepared_dir: str, with_storage: bool = False):
+  """(mean, std) of the train split; with_storage adds 'raw' or 'normalized' (how
+  the TFRecords hold the features)."""
   path = os.path.join(prepared_dir, "feature_stats.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{prepared_dir}: no feature_stats.json (not a prepared dataset?)")
   with open(path, encoding="utf-8") as f:
     s = json.load(f)
-  return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
+  out = np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
+  return out + (s.get("stored", "raw"),) if with_storage else out
 
 
 @dataclasses.dataclass
@@ -95,13 +100,15 @@ def make_dataset(prepared_dir: str, split: str, cfg: ReaderConfig, *, name: str 
   read_cfg = tfds.ReadConfig(shuffle_seed=cfg.seed, interleave_cycle_length=4)
   ds = builder.as_dataset(split=host_split(split, process_index, process_count),
                           shuffle_files=cfg.train, read_config=read_cfg)
-  mean, std = load_stats(prepared_dir)
+  mean, std, stored = load_stats(prepared_dir, with_storage=True)
   mean, std = tf.constant(mean), tf.constant(std)
 
   def decode(ex):
     x = tf.cast(ex["acoustic"], tf.float32)[: cfg.max_frames]
-    if cfg.normalize:
+    if cfg.normalize and stored == "raw":
       x = (x - mean) / std
+    elif not cfg.normalize and stored == "normalized":
+      x = x * std + mean
     ids = ex["input_ids"][: cfg.max_tokens]
     cut = tf.shape(ex["input_ids"])[0] > cfg.max_tokens
     ids = tf.cond(cut, lambda: tf.concat([ids[:-1], [cfg.sep_id]], 0), lambda: ids)

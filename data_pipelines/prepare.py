@@ -57,6 +57,8 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
   from data_pipelines.builders.pairs import MCEDPairs, PairsConfig  # pylint: disable=import-outside-toplevel
 
   t_start = time.perf_counter()
+  if not opts.progress:
+    tfds.disable_progress_bar()
   os.makedirs(out_dir, exist_ok=True)
   if not records:
     raise ValueError(f"{opts.name}: no utterances to prepare")
@@ -112,14 +114,18 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
   mean = total / n
   std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0))
   std = np.where(std < 1e-6, 1.0, std)  # constant dims: leave unscaled
+  # Raw IS16 values reach ~1e7 (spectral variance), beyond float16's 65504, so
+  # float16 storage holds *standardised* features; float32 storage keeps raw ones.
+  stored = "normalized" if opts.feature_dtype == "float16" else "raw"
   with open(os.path.join(out_dir, "feature_stats.json"), "w", encoding="utf-8") as f:
     json.dump({"mean": mean.tolist(), "std": std.tolist(), "frames": int(n),
-               "split": "train" if "train" in splits else "all"}, f)
+               "split": "train" if "train" in splits else "all", "stored": stored}, f)
   # 5. TFRecords through the TFDS builder (skipped when already prepared).
   cfg = PairsConfig(name=opts.name, label_names=tuple(opts.label_names),
                     feature_dtype=opts.feature_dtype,
                     description=f"MCED utterances of corpus {opts.name}")
   builder = MCEDPairs(records_by_split=splits, cache_dir=cache, tokens_by_id=tokens,
+                      normalize=(mean, std) if stored == "normalized" else None,
                       data_dir=os.path.join(out_dir, "tfds"), config=cfg)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))

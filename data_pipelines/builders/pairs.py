@@ -28,8 +28,11 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "IS16 ComParE LLD+delta (130-d) features, WordPiece ids."}
 
-  def __init__(self, *, records_by_split=None, cache_dir=None, tokens_by_id=None, **kwargs):
+  def __init__(self, *, records_by_split=None, cache_dir=None, tokens_by_id=None,
+               normalize=None, **kwargs):
     # Inputs for generation; absent when the builder only reads prepared data.
+    # `normalize` = (mean, std) standardises features before storage (float16).
+    self._normalize = normalize
     self._records_by_split = records_by_split or {}
     self._cache_dir = cache_dir
     self._tokens = tokens_by_id or {}
@@ -60,8 +63,12 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     for r in records:
       x = np.load(feat_lib.feature_path(self._cache_dir, r.utt_id))
+      stored = x if self._normalize is None else (x - self._normalize[0]) / self._normalize[1]
+      stored = stored.astype(cfg.feature_dtype)
+      if not np.isfinite(stored).all():
+        raise ValueError(f"{r.audio_path}: features overflow {cfg.feature_dtype} storage")
       ex = {
-          "acoustic": x.astype(cfg.feature_dtype),
+          "acoustic": stored,
           "input_ids": self._tokens[r.utt_id],
           "speaker": r.speaker,
           "utt_id": r.utt_id,

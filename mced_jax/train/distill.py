@@ -215,7 +215,18 @@ def make_source(config):
         config.teacher.vocab_size if config.teacher.source == "random" else 30522,
         feature_dim=config.student.feature_dim, min_frames=d.min_frames,
         min_tokens=d.min_tokens, seed=config.seed)
-  raise ValueError(f"unknown data.source {d.source!r}; known: synthetic")
+  if d.source == "tfrecord":
+    if not d.path:
+      raise ValueError("data.source='tfrecord' needs --config.data.path=<prepared dir> "
+                       "(the --out of python -m data_pipelines.prepare)")
+    # TensorFlow enters only here, through the data pipeline package.
+    from data_pipelines import input_pipeline as ip  # pylint: disable=import-outside-toplevel
+    cfg = ip.ReaderConfig(batch_size=config.distill.batch_size, max_frames=d.max_frames,
+                          max_tokens=d.max_tokens, frame_buckets=tuple(d.frame_buckets),
+                          seed=config.seed, cache=d.cache, shuffle_buffer=d.shuffle_buffer)
+    return ip.TFRecordPairs(d.path, d.split, config.distill.batch_size, cfg,
+                            jax.process_index(), jax.process_count())
+  raise ValueError(f"unknown data.source {d.source!r}; known: synthetic, tfrecord")
 
 
 def _progress(total: int, initial: int):
@@ -268,8 +279,13 @@ def train(config, workdir: str) -> TrainState:
 
   compile_s, t_last, steps_since = None, None, 0
   with jax.set_mesh(mesh):
+    vocab = distiller.teacher.config.vocab_size
     for step in range(start, end):
-      batch = shd.global_batch(next(batches), mesh)
+      local = next(batches)
+      if local["input_ids"].max() >= vocab:  # JAX would clamp the lookup silently
+        raise ValueError(f"token id {int(local['input_ids'].max())} >= the teacher's vocab "
+                         f"size {vocab}: data and teacher use different vocabularies")
+      batch = shd.global_batch(local, mesh)
       if compile_s is None:
         t0 = time.perf_counter()
         state, aux = train_step(state, distiller.teacher_params, batch)
