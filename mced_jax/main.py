@@ -19,11 +19,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mced", "Directory for checkpoints, "
                                "metrics and results; a re-run resumes from it.")
 
-STAGES = ("distill", "benchmark")
+STAGES = ("data", "distill", "benchmark")
 
 
 def run_stage(stage: str, config, workdir: str):
+  if stage == "data":
+    from data_pipelines import stage as data_stage  # pylint: disable=import-outside-toplevel
+    return data_stage.run(config, workdir)
   if stage == "distill":
+    if config.data.source == "tfrecord" and not config.data.path:
+      config.data.path = os.path.join(workdir, "data", config.data.corpus)
     from mced_jax.train import distill  # pylint: disable=import-outside-toplevel
     return distill.train(config, os.path.join(workdir, "distill"))
   if stage == "benchmark":

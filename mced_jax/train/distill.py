@@ -277,7 +277,9 @@ def train(config, workdir: str) -> TrainState:
     if last_saved[0] != step and ckpt.save(step, state, meta(step), force=force):
       last_saved[0] = step
 
-  compile_s, t_last, steps_since = None, None, 0
+  # Throughput excludes compilation: the first step of every new input shape (one
+  # per length bucket) is timed on its own and logged as compile time.
+  seen_shapes, compile_s, t_last, steps_since = set(), 0.0, time.perf_counter(), 0
   with jax.set_mesh(mesh):
     vocab = distiller.teacher.config.vocab_size
     for step in range(start, end):
@@ -286,14 +288,21 @@ def train(config, workdir: str) -> TrainState:
         raise ValueError(f"token id {int(local['input_ids'].max())} >= the teacher's vocab "
                          f"size {vocab}: data and teacher use different vocabularies")
       batch = shd.global_batch(local, mesh)
-      if compile_s is None:
-        t0 = time.perf_counter()
+      shape = (batch["features"].shape, batch["input_ids"].shape)
+      if shape not in seen_shapes:
+        seen_shapes.add(shape)
+        jax.block_until_ready(state)
+        pause = time.perf_counter()
         state, aux = train_step(state, distiller.teacher_params, batch)
         jax.block_until_ready(aux)
-        compile_s = time.perf_counter() - t0
-        logging.info("distill: first step (compile + run) took %.1f s", compile_s)
-        writer.write(step + 1, {"compile_s": compile_s})
-        t_last, steps_since = time.perf_counter(), 0
+        took = time.perf_counter() - pause
+        compile_s += took
+        logging.info("distill: compiled for input shape %s in %.1f s", shape[0], took)
+        writer.write(step + 1, {"compile_s": took, "compiled_shapes": len(seen_shapes)})
+        if steps_since == 0:  # nothing timed yet in this window: start it now
+          t_last = time.perf_counter()
+        else:
+          t_last += time.perf_counter() - pause  # keep this step out of throughput
       else:
         state, aux = train_step(state, distiller.teacher_params, batch)
         steps_since += 1

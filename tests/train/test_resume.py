@@ -9,7 +9,7 @@ import numpy as np
 
 from mced_jax import checkpoint as ckpt_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_main(workdir, *overrides):
