@@ -141,3 +141,13 @@ def test_teacher_text_dataset_matches_table1_train_counts():
   xed = text_lib.read_xed(os.path.join(text_dir, "xed"))
   texts = {s: {t for t, _ in rows} for s, rows in xed.items()}
   assert not texts["train"] & texts["test"] and not texts["train"] & texts["validation"]
+
+
+def test_mlm_lines_are_cleaned_and_deduplicated(tmp_path):
+  a = tmp_path / "a.txt"
+  a.write_text("Hello there.\n\nI don\x92t know.\nHello there.\n  one  \n", encoding="utf-8")
+  b = tmp_path / "b.txt"
+  b.write_text("I don't know.\nA new line here\n", encoding="utf-8")
+  assert text_lib.read_lines([str(a), str(b)]) == ["Hello there.", "I don't know.", "one",
+                                                   "A new line here"]
+  assert text_lib.read_lines([str(a)], min_words=2) == ["Hello there.", "I don't know."]
