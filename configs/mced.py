@@ -18,6 +18,15 @@ def get_config(arg: str | None = None):
   # fp32 losses/softmax).
   c.dtype = "float32"
 
+  # Multi-host (see mced_jax/distributed.py and the README's "Scaling out").
+  c.distributed = mlc.ConfigDict()
+  c.distributed.coordinator_address = ""  # "host:port" of process 0; "" = single host
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.auto = False  # let JAX detect TPU pod / SLURM / MPI settings
+  c.distributed.cpu_collectives = "gloo"  # collectives for CPU devices across hosts
+  c.distributed.timeout_s = 300
+
   c.mesh = mlc.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by `model`
   c.mesh.model = 1
@@ -84,6 +93,11 @@ def get_config(arg: str | None = None):
   # Stop (with a checkpoint) after this global step, e.g. to split a long job over
   # several allocations; -1 runs to num_steps. The LR schedule still spans num_steps.
   c.distill.stop_after = -1
+  # A step with NaN/Inf loss or gradient is never applied; then "skip" (count it and
+  # go on) or "stop" (raise; the last good checkpoint stays intact).
+  c.distill.on_nonfinite = "skip"
+  # Multi-host: how often hosts agree on a stop signal (a host sync each time).
+  c.distill.preemption_check_every = 10
 
   # ---------------- input ----------------
   c.data = mlc.ConfigDict()

@@ -104,6 +104,7 @@ def make_dataset(prepared_dir: str, split: str, cfg: ReaderConfig, *, name: str 
   mean, std = tf.constant(mean), tf.constant(std)
 
   def decode(ex):
+    n_frames = tf.shape(ex["acoustic"])[0]
     x = tf.cast(ex["acoustic"], tf.float32)[: cfg.max_frames]
     if cfg.normalize and stored == "raw":
       x = (x - mean) / std
@@ -115,7 +116,9 @@ def make_dataset(prepared_dir: str, split: str, cfg: ReaderConfig, *, name: str 
     out = {"features": x, "frame_mask": tf.ones(tf.shape(x)[:1], tf.bool),
            "input_ids": ids, "attention_mask": tf.ones(tf.shape(ids), tf.int32),
            "label": tf.cast(ex["label"], tf.int32) if has_label else tf.constant(-1, tf.int32),
-           "example_mask": tf.constant(True)}
+           "example_mask": tf.constant(True),
+           # over-long inputs are truncated, and counted by the trainer
+           "truncated_frames": n_frames > cfg.max_frames, "truncated_tokens": cut}
     if cfg.with_ids:
       out["utt_id"] = ex["utt_id"]
     return out
@@ -135,7 +138,8 @@ def make_dataset(prepared_dir: str, split: str, cfg: ReaderConfig, *, name: str 
     frames = tf.cast(tf.gather(bounds, key), tf.int64)
     shapes = {"features": tf.stack([frames, FEATURE_DIM]), "frame_mask": tf.stack([frames]),
               "input_ids": [cfg.max_tokens], "attention_mask": [cfg.max_tokens],
-              "label": [], "example_mask": []}
+              "label": [], "example_mask": [], "truncated_frames": [],
+              "truncated_tokens": []}
     if cfg.with_ids:
       shapes["utt_id"] = []
     return window.padded_batch(cfg.batch_size, padded_shapes=shapes,
@@ -186,10 +190,20 @@ class TFRecordPairs:
     self.name = f"tfrecord:{os.path.abspath(prepared_dir)}:{split}"
 
   def iterator(self, start_step: int = 0):
+    tf = _tf()
     ds = make_dataset(self.prepared_dir, self.split, self.cfg,
                       process_index=self.process_index, process_count=self.process_count,
                       start_step=start_step)
-    for b in ds.as_numpy_iterator():
+    it = ds.as_numpy_iterator()
+    while True:
+      try:
+        b = next(it)
+      except StopIteration:
+        return
+      except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        raise IOError(f"{self.prepared_dir}: corrupt or truncated TFRecord data in split "
+                      f"{self.split!r} ({e.message.splitlines()[0][:300]}); rebuild it "
+                      "with python -m data_pipelines.prepare") from e
       b.pop("label")
       b.pop("example_mask")
       yield b

@@ -66,6 +66,8 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/mced.py")
   import jax  # pylint: disable=import-outside-toplevel
+  from mced_jax import distributed  # pylint: disable=import-outside-toplevel
+  distributed.initialize(config.distributed)
   logging.info("mced_jax: %d process(es), %d device(s): %s", jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   try:

@@ -25,6 +25,7 @@ from absl import logging
 from mced_jax import checkpoint as ckpt_lib
 from mced_jax import losses
 from mced_jax import metrics as metrics_lib
+from mced_jax import preemption
 from mced_jax import sharding as shd
 from mced_jax.models import soft_align as soft_align_lib
 from mced_jax.models import student as student_lib
@@ -37,6 +38,8 @@ class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
   params: Any  # {"student": ..., "align": ...}; fp32 master weights
   opt_state: Any
+  # Steps whose loss or gradient was NaN/Inf: their update was not applied.
+  nonfinite_steps: jax.Array
 
 
 def compute_dtype(name: str):
@@ -137,24 +140,22 @@ class Distiller:
                                s_mask)["params"]
     return {"student": s_params, "align": a_params}
 
-  def init_state(self, rng) -> TrainState:
-    """Initialises the state directly in its sharded layout."""
-    def init(rng):
-      params = self._init_params(rng, 1, 16, 8)
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params))
-    abstract = jax.eval_shape(init, rng)
-    self.state_shardings = shd.state_shardings(abstract, self.mesh, self.config.mesh.fsdp)
-    return jax.jit(init, out_shardings=self.state_shardings)(rng)
+  def _init_state(self, rng) -> TrainState:
+    params = self._init_params(rng, 1, 16, 8)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.tx.init(params),
+                      nonfinite_steps=jnp.zeros((), jnp.int32))
 
   def abstract_state(self):
-    def init(rng):
-      params = self._init_params(rng, 1, 16, 8)
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.tx.init(params))
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    """ShapeDtypeStructs (with shardings) of the state: the restore target."""
+    abstract = jax.eval_shape(self._init_state, jax.random.PRNGKey(0))
     self.state_shardings = shd.state_shardings(abstract, self.mesh, self.config.mesh.fsdp)
     return ckpt_lib.abstract_with_shardings(abstract, self.state_shardings)
+
+  def init_state(self, rng) -> TrainState:
+    """Initialises the state directly in its sharded layout."""
+    self.abstract_state()
+    return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
 
   # ---------------- the step ----------------
   def make_train_step(self):
@@ -171,9 +172,18 @@ class Distiller:
           state.params, teacher_params, batch, rng)
       updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      aux["grad_norm"] = optax.tree.norm(grads)
+      grad_norm = optax.tree.norm(grads)
+      # A NaN/Inf loss or gradient must never reach the weights: such a step keeps
+      # the old parameters and optimizer state and is counted (the host then skips
+      # on or stops, per distill.on_nonfinite).
+      finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      aux["grad_norm"] = grad_norm
       aux["lr"] = self.schedule(state.step)
-      return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
+      aux["nonfinite_steps"] = state.nonfinite_steps + (~finite).astype(jnp.int32)
+      return state.replace(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state),
+                           nonfinite_steps=aux["nonfinite_steps"]), aux
 
     self.train_step = jax.jit(
         step_fn, in_shardings=(self.state_shardings, teacher_sh, batch_sh),
@@ -240,9 +250,26 @@ def _progress(total: int, initial: int):
               dynamic_ncols=True, leave=True)
 
 
+def _check_batch(local: dict, vocab: int, feature_dim: int) -> None:
+  """Host-side checks that would otherwise fail silently inside the step."""
+  if local["features"].shape[-1] != feature_dim:
+    raise ValueError(f"input features have {local['features'].shape[-1]} dims, the student "
+                     f"expects {feature_dim} (IS16 ComParE LLD + deltas)")
+  if local["input_ids"].max() >= vocab:  # JAX would clamp the lookup silently
+    raise ValueError(f"token id {int(local['input_ids'].max())} >= the teacher's vocab "
+                     f"size {vocab}: data and teacher use different vocabularies")
+
+
 def train(config, workdir: str) -> TrainState:
-  """Runs (or resumes) distillation in `workdir`; returns the final state."""
+  """Runs (or resumes) distillation in `workdir`; returns the final state.
+
+  Resumes from the newest checkpoint; SIGTERM/SIGINT save and exit cleanly; NaN/Inf
+  steps are never applied, and are skipped (counted) or stop the run per
+  distill.on_nonfinite, so the last good checkpoint is never overwritten.
+  """
   d = config.distill
+  if d.on_nonfinite not in ("skip", "stop"):
+    raise ValueError(f"distill.on_nonfinite must be 'skip' or 'stop', got {d.on_nonfinite!r}")
   os.makedirs(workdir, exist_ok=True)
   distiller = build(config)
   mesh = distiller.mesh
@@ -269,24 +296,46 @@ def train(config, workdir: str) -> TrainState:
   writer = metrics_lib.MetricWriter(workdir)
   bar = _progress(end, start)
   batches = source.iterator(start)
-  meta = lambda s: {"step": s, "data_source": source.name, "data_position": s}
-
+  nonfinite_seen = int(jax.device_get(state.nonfinite_steps))
   last_saved = [start if ckpt.latest_step() == start else None]
+  truncated = {"frames": 0, "tokens": 0}
 
   def save(step, force=False):
-    if last_saved[0] != step and ckpt.save(step, state, meta(step), force=force):
+    if last_saved[0] != step and ckpt.save(
+        step, state, {"step": step, "data_source": source.name, "data_position": step},
+        force=force):
       last_saved[0] = step
+
+  def check_nonfinite(step) -> None:
+    """Host check (at log points and before saves) of the in-step NaN/Inf counter."""
+    nonlocal nonfinite_seen
+    n = int(jax.device_get(state.nonfinite_steps))
+    if n > nonfinite_seen:
+      if d.on_nonfinite == "stop":
+        raise FloatingPointError(
+            f"non-finite loss or gradient by step {step} ({n} step(s) so far); their "
+            f"updates were not applied and the last good checkpoint "
+            f"(step {ckpt.latest_step()}) is intact. Use --config.distill.on_nonfinite=skip "
+            "to skip such steps instead.")
+      logging.warning("distill: %d step(s) with NaN/Inf loss or gradient skipped so far",
+                      n)
+      nonfinite_seen = n
 
   # Throughput excludes compilation: the first step of every new input shape (one
   # per length bucket) is timed on its own and logged as compile time.
-  seen_shapes, compile_s, t_last, steps_since = set(), 0.0, time.perf_counter(), 0
-  with jax.set_mesh(mesh):
-    vocab = distiller.teacher.config.vocab_size
+  seen_shapes, t_last, steps_since = set(), time.perf_counter(), 0
+  vocab, feat_dim = distiller.teacher.config.vocab_size, config.student.feature_dim
+  preempted = False
+  with jax.set_mesh(mesh), preemption.PreemptionGuard(d.preemption_check_every) as guard:
     for step in range(start, end):
+      if guard.should_stop(step):
+        preempted = True
+        break
       local = next(batches)
-      if local["input_ids"].max() >= vocab:  # JAX would clamp the lookup silently
-        raise ValueError(f"token id {int(local['input_ids'].max())} >= the teacher's vocab "
-                         f"size {vocab}: data and teacher use different vocabularies")
+      _check_batch(local, vocab, feat_dim)
+      for k in ("frames", "tokens"):
+        if f"truncated_{k}" in local:
+          truncated[k] += int(local.pop(f"truncated_{k}").sum())
       batch = shd.global_batch(local, mesh)
       shape = (batch["features"].shape, batch["input_ids"].shape)
       if shape not in seen_shapes:
@@ -296,7 +345,6 @@ def train(config, workdir: str) -> TrainState:
         state, aux = train_step(state, distiller.teacher_params, batch)
         jax.block_until_ready(aux)
         took = time.perf_counter() - pause
-        compile_s += took
         logging.info("distill: compiled for input shape %s in %.1f s", shape[0], took)
         writer.write(step + 1, {"compile_s": took, "compiled_shapes": len(seen_shapes)})
         if steps_since == 0:  # nothing timed yet in this window: start it now
@@ -317,18 +365,25 @@ def train(config, workdir: str) -> TrainState:
           dt = now - t_last
           scalars["steps_per_s"] = steps_since / dt
           scalars["examples_per_s"] = steps_since * d.batch_size / dt
+        scalars["truncated_frames"] = truncated["frames"]
+        scalars["truncated_tokens"] = truncated["tokens"]
         t_last, steps_since = now, 0
         writer.write(done, scalars)
         if bar is not None:
           bar.set_postfix(loss=f"{scalars['loss']:.4f}", rl=f"{scalars['rl']:.4f}",
                           refresh=False)
         logging.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
-        if not np.isfinite(scalars["loss"]):
-          raise FloatingPointError(f"non-finite loss at step {done}: {scalars['loss']}")
+        check_nonfinite(done)
       if done % d.checkpoint_every == 0:
+        check_nonfinite(done)
         save(done)
-    save(end, force=True)
+    check_nonfinite(int(jax.device_get(state.step)))
+    final = int(jax.device_get(state.step))
+    save(final, force=True)
   if bar is not None:
     bar.close()
   ckpt.close()
+  if preempted:
+    logging.warning("distill: stop signal received; saved step %d to %s. Re-run the same "
+                    "command to resume.", final, ckpt.directory)
   return state

@@ -26,8 +26,14 @@ def restore_params(workdir, step):
   mgr = ckpt_lib.Checkpointer(os.path.join(workdir, "distill", "checkpoints"))
   assert mgr.latest_step() == step
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  raw = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, "distill", "checkpoints", str(step), "state"))
+  path = os.path.join(workdir, "distill", "checkpoints", str(step), "state")
+  ckptr = ocp.StandardCheckpointer()
+  meta = ckptr.metadata(path)
+  tree = getattr(meta, "item_metadata", meta)
+  # Restore onto one local device whatever topology wrote it (e.g. 2 processes).
+  dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), tree)
+  raw = ckptr.restore(path, target)
   mgr.close()
   return raw
 

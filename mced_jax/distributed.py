@@ -1,0 +1,55 @@
+"""Multi-host start-up: jax.distributed from the config or the environment.
+
+  --config.distributed.coordinator_address=HOST:PORT
+  --config.distributed.num_processes=N --config.distributed.process_id=I
+
+or the environment variables MCED_COORDINATOR_ADDRESS, MCED_NUM_PROCESSES,
+MCED_PROCESS_ID (handy in launch scripts), or --config.distributed.auto=True to let
+JAX detect the cluster (TPU pods, SLURM, Open MPI). Must run before anything touches
+a device. Process 0 alone writes logs and metrics; every process takes part in
+checkpointing and reads its own shard of the data.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+
+def settings(cfg) -> dict:
+  env = os.environ
+  out = {
+      "coordinator_address": env.get("MCED_COORDINATOR_ADDRESS", cfg.coordinator_address),
+      "num_processes": int(env.get("MCED_NUM_PROCESSES", cfg.num_processes)),
+      "process_id": int(env.get("MCED_PROCESS_ID", cfg.process_id)),
+  }
+  if out["coordinator_address"] and out["num_processes"] < 1:
+    raise ValueError("distributed.coordinator_address is set but num_processes < 1")
+  if out["coordinator_address"] and not 0 <= out["process_id"] < out["num_processes"]:
+    raise ValueError(f"distributed.process_id={out['process_id']} not in "
+                     f"[0, {out['num_processes']})")
+  return out
+
+
+def initialize(cfg) -> bool:
+  """Initialises jax.distributed if asked to; returns True when multi-process."""
+  s = settings(cfg)
+  if cfg.cpu_collectives:
+    # CPU-only clusters (and the 2-process test) need a collectives backend.
+    jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+  if s["coordinator_address"]:
+    jax.distributed.initialize(coordinator_address=s["coordinator_address"],
+                               num_processes=s["num_processes"], process_id=s["process_id"],
+                               initialization_timeout=cfg.timeout_s)
+  elif cfg.auto:
+    jax.distributed.initialize()
+  else:
+    return False
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # one process speaks for the job
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True
