@@ -326,63 +326,66 @@ def train(config, workdir: str) -> TrainState:
   seen_shapes, t_last, steps_since = set(), time.perf_counter(), 0
   vocab, feat_dim = distiller.teacher.config.vocab_size, config.student.feature_dim
   preempted = False
-  with jax.set_mesh(mesh), preemption.PreemptionGuard(d.preemption_check_every) as guard:
-    for step in range(start, end):
-      if guard.should_stop(step):
-        preempted = True
-        break
-      local = next(batches)
-      _check_batch(local, vocab, feat_dim)
-      for k in ("frames", "tokens"):
-        if f"truncated_{k}" in local:
-          truncated[k] += int(local.pop(f"truncated_{k}").sum())
-      batch = shd.global_batch(local, mesh)
-      shape = (batch["features"].shape, batch["input_ids"].shape)
-      if shape not in seen_shapes:
-        seen_shapes.add(shape)
-        jax.block_until_ready(state)
-        pause = time.perf_counter()
-        state, aux = train_step(state, distiller.teacher_params, batch)
-        jax.block_until_ready(aux)
-        took = time.perf_counter() - pause
-        logging.info("distill: compiled for input shape %s in %.1f s", shape[0], took)
-        writer.write(step + 1, {"compile_s": took, "compiled_shapes": len(seen_shapes)})
-        if steps_since == 0:  # nothing timed yet in this window: start it now
-          t_last = time.perf_counter()
+  try:
+    with jax.set_mesh(mesh), preemption.PreemptionGuard(d.preemption_check_every) as guard:
+      for step in range(start, end):
+        if guard.should_stop(step):
+          preempted = True
+          break
+        local = next(batches)
+        _check_batch(local, vocab, feat_dim)
+        for k in ("frames", "tokens"):
+          if f"truncated_{k}" in local:
+            truncated[k] += int(local.pop(f"truncated_{k}").sum())
+        batch = shd.global_batch(local, mesh)
+        shape = (batch["features"].shape, batch["input_ids"].shape)
+        if shape not in seen_shapes:
+          seen_shapes.add(shape)
+          jax.block_until_ready(state)
+          pause = time.perf_counter()
+          state, aux = train_step(state, distiller.teacher_params, batch)
+          jax.block_until_ready(aux)
+          took = time.perf_counter() - pause
+          logging.info("distill: compiled for input shape %s in %.1f s", shape[0], took)
+          writer.write(step + 1, {"compile_s": took, "compiled_shapes": len(seen_shapes)})
+          if steps_since == 0:  # nothing timed yet in this window: start it now
+            t_last = time.perf_counter()
+          else:
+            t_last += time.perf_counter() - pause  # keep this step out of throughput
         else:
-          t_last += time.perf_counter() - pause  # keep this step out of throughput
-      else:
-        state, aux = train_step(state, distiller.teacher_params, batch)
-        steps_since += 1
-      done = step + 1
-      if bar is not None:
-        bar.update(1)
-      if done % d.log_every == 0 or done == end:
-        aux = jax.device_get(aux)  # the only host sync: at log points
-        now = time.perf_counter()
-        scalars = {k: float(v) for k, v in aux.items()}
-        if steps_since:
-          dt = now - t_last
-          scalars["steps_per_s"] = steps_since / dt
-          scalars["examples_per_s"] = steps_since * d.batch_size / dt
-        scalars["truncated_frames"] = truncated["frames"]
-        scalars["truncated_tokens"] = truncated["tokens"]
-        t_last, steps_since = now, 0
-        writer.write(done, scalars)
+          state, aux = train_step(state, distiller.teacher_params, batch)
+          steps_since += 1
+        done = step + 1
         if bar is not None:
-          bar.set_postfix(loss=f"{scalars['loss']:.4f}", rl=f"{scalars['rl']:.4f}",
-                          refresh=False)
-        logging.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
-        check_nonfinite(done)
-      if done % d.checkpoint_every == 0:
-        check_nonfinite(done)
-        save(done)
-    check_nonfinite(int(jax.device_get(state.step)))
-    final = int(jax.device_get(state.step))
-    save(final, force=True)
-  if bar is not None:
-    bar.close()
-  ckpt.close()
+          bar.update(1)
+        if done % d.log_every == 0 or done == end:
+          aux = jax.device_get(aux)  # the only host sync: at log points
+          now = time.perf_counter()
+          scalars = {k: float(v) for k, v in aux.items()}
+          if steps_since:
+            dt = now - t_last
+            scalars["steps_per_s"] = steps_since / dt
+            scalars["examples_per_s"] = steps_since * d.batch_size / dt
+          scalars["truncated_frames"] = truncated["frames"]
+          scalars["truncated_tokens"] = truncated["tokens"]
+          t_last, steps_since = now, 0
+          writer.write(done, scalars)
+          if bar is not None:
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}", rl=f"{scalars['rl']:.4f}",
+                            refresh=False)
+          logging.info("step %d: %s", done, " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+          check_nonfinite(done)
+        if done % d.checkpoint_every == 0:
+          check_nonfinite(done)
+          save(done)
+      check_nonfinite(int(jax.device_get(state.step)))
+      final = int(jax.device_get(state.step))
+      save(final, force=True)
+  finally:
+    # Finish in-flight (async) checkpoint writes even when the run fails.
+    if bar is not None:
+      bar.close()
+    ckpt.close()
   if preempted:
     logging.warning("distill: stop signal received; saved step %d to %s. Re-run the same "
                     "command to resume.", final, ckpt.directory)

@@ -22,11 +22,12 @@ def run_main(workdir, *overrides):
   return proc
 
 
-def restore_params(workdir, step):
-  mgr = ckpt_lib.Checkpointer(os.path.join(workdir, "distill", "checkpoints"))
+def restore_params(workdir, step, sub="distill"):
+  """The saved train state of `step` as numpy-backed arrays on one device."""
+  mgr = ckpt_lib.Checkpointer(os.path.join(workdir, sub, "checkpoints"))
   assert mgr.latest_step() == step
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  path = os.path.join(workdir, "distill", "checkpoints", str(step), "state")
+  path = os.path.join(workdir, sub, "checkpoints", str(step), "state")
   ckptr = ocp.StandardCheckpointer()
   meta = ckptr.metadata(path)
   tree = getattr(meta, "item_metadata", meta)
