@@ -41,6 +41,7 @@ class PrepareOptions:
   min_audio_seconds: float = 0.5  # below this openSMILE gives too few frames to use
   # Pair filter of the paper's EmoATMovie (3.1.2): drop < 1.5 s or one-word pairs.
   filter_pairs: bool = False
+  manual_dir: str | None = None  # licensed corpora (IEMOCAP, MELD): where the user put it
   min_pair_seconds: float = 1.5
   min_pair_words: int = 2
   num_workers: int = 0  # 0: all cores
@@ -122,13 +123,14 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
                "split": "train" if "train" in splits else "all", "stored": stored}, f)
   # 5. TFRecords through the TFDS builder (skipped when already prepared).
   cfg = PairsConfig(name=opts.name, label_names=tuple(opts.label_names),
-                    feature_dtype=opts.feature_dtype,
+                    feature_dtype=opts.feature_dtype, manual=bool(opts.manual_dir),
                     description=f"MCED utterances of corpus {opts.name}")
   builder = MCEDPairs(records_by_split=splits, cache_dir=cache, tokens_by_id=tokens,
                       normalize=(mean, std) if stored == "normalized" else None,
                       data_dir=os.path.join(out_dir, "tfds"), config=cfg)
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False,
+                                                   manual_dir=opts.manual_dir))
   with open(os.path.join(out_dir, "records.jsonl"), "w", encoding="utf-8") as f:
     for r in final:
       d = dataclasses.asdict(r)
@@ -201,7 +203,8 @@ def main(argv=None):
   records = ADAPTERS[a.corpus](a.root)
   opts = PrepareOptions(name=a.name or a.corpus, label_names=tuple(labels),
                         feature_dtype=a.feature_dtype, max_tokens=a.max_tokens,
-                        vocab=a.vocab, num_workers=a.workers, filter_pairs=filt)
+                        vocab=a.vocab, num_workers=a.workers, filter_pairs=filt,
+                        manual_dir=a.root if a.corpus in ("iemocap", "meld") else None)
   prepare(records, a.out, opts)
 
 

@@ -42,5 +42,6 @@ def run(config, workdir: str) -> dict:
     logging.info("data: %s already prepared at %s (delete it to rebuild)", d.corpus, out)
   opts = PrepareOptions(name=d.corpus, label_names=tuple(labels), max_tokens=d.max_tokens,
                         filter_pairs=filt, min_pair_seconds=d.min_pair_seconds,
-                        min_pair_words=d.min_pair_words, feature_dtype=d.feature_dtype)
+                        min_pair_words=d.min_pair_words, feature_dtype=d.feature_dtype,
+                        manual_dir=d.root if d.corpus in ("iemocap", "meld") else None)
   return prepare(records, out, opts)

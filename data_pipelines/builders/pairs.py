@@ -19,6 +19,7 @@ from data_pipelines import features as feat_lib
 @dataclasses.dataclass(eq=False)
 class PairsConfig(tfds.core.BuilderConfig):
   label_names: tuple = ()  # empty: unlabelled pairs (no `label` feature)
+  manual: bool = False  # licensed corpus read from the user's manual_dir
   feature_dtype: str = "float16"
 
 
@@ -27,6 +28,12 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "IS16 ComParE LLD+delta (130-d) features, WordPiece ids."}
+  # Licensed corpora cannot be downloaded: the user places them and names the folder.
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  IEMOCAP: request IEMOCAP_full_release from https://sail.usc.edu/iemocap/ and pass
+  its folder (with Session1..5) as --root; MELD: the official CSVs plus the clip
+  folders (train_splits, dev_splits_complete, output_repeated_splits_test) as --root.
+  """
 
   def __init__(self, *, records_by_split=None, cache_dir=None, tokens_by_id=None,
                normalize=None, **kwargs):
@@ -55,7 +62,10 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
                                  features=tfds.features.FeaturesDict(feats))
 
   def _split_generators(self, dl_manager):
-    del dl_manager  # everything is local
+    # Licensed corpora are prepared from the user's manual_dir (checked here so a
+    # wrong path fails with TFDS's instructions); the others need no download.
+    if self.builder_config.manual:
+      _ = dl_manager.manual_dir
     return {split: self._generate_examples(recs)
             for split, recs in self._records_by_split.items()}
 

@@ -151,3 +151,27 @@ def test_mlm_lines_are_cleaned_and_deduplicated(tmp_path):
   assert text_lib.read_lines([str(a), str(b)]) == ["Hello there.", "I don't know.", "one",
                                                    "A new line here"]
   assert text_lib.read_lines([str(a)], min_words=2) == ["Hello there.", "I don't know."]
+
+
+def test_meld_fixture_prepares_through_manual_dir(tmp_path):
+  """A licensed corpus goes through TFDS's manual_dir: clips missing on disk are
+  reported, the rest is written with labels."""
+  from data_pipelines.prepare import PrepareOptions, prepare
+  from data_pipelines.adapters import meld as meld_lib
+  header = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
+            "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
+  for name, d in (("train_sent_emo.csv", "train_splits"), ("dev_sent_emo.csv", "dev_splits_complete"),
+                  ("test_sent_emo.csv", "output_repeated_splits_test")):
+    with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+      w = csv.writer(f)
+      w.writerow(header)
+      for u, emo in enumerate(["joy", "anger", "neutral"]):
+        w.writerow([u, f"utterance number {u} is here", "Joey", emo, "x", 3, u, 1, 1, "", ""])
+    for u in range(2):  # the third clip is missing
+      write_wav(str(tmp_path / d / f"dia3_utt{u}.wav"), 1.0 + u, seed=u)
+  rep = prepare(read_meld(str(tmp_path)), str(tmp_path / "out"),
+                PrepareOptions(name="meld", label_names=meld_lib.CLASSES, num_workers=1,
+                               progress=False, manual_dir=str(tmp_path)))
+  assert rep["written"] == 6 and rep["skipped"] == 3
+  assert all("not found" in why for why in rep["skipped_items"].values())
+  assert rep["labels"]["joy"] == 3 and rep["labels"]["anger"] == 3
