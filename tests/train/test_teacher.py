@@ -1,0 +1,110 @@
+"""Teacher stages on a tiny random BERT: MLM masking statistics, padding invariance
+of the classifier, the stage-2 -> stage-3 -> distillation hand-off through saved
+directories, and resume of stage 3."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mced_jax.train import teacher_cls, teacher_mlm
+
+
+def test_mlm_masking_statistics():
+  rng = np.random.default_rng(0)
+  ids = rng.integers(1000, 30000, size=(400, 64)).astype(np.int32)
+  ids[:, 0], ids[:, -1] = 101, 102
+  ids[:50, 40:] = 0  # padding
+  inp, tgt, w = teacher_mlm.mask_tokens(ids, rng, 30522, 103, {0, 101, 102, 103})
+  sel = w > 0
+  cand = (ids > 0) & ~np.isin(ids, [101, 102])
+  assert not sel[~cand].any()  # never specials or padding
+  assert abs(sel.sum() / cand.sum() - 0.15) < 0.01
+  masked = (inp == 103) & sel
+  kept = (inp == ids) & sel
+  assert abs(masked.sum() / sel.sum() - 0.8) < 0.02
+  assert abs(kept.sum() / sel.sum() - 0.1) < 0.02  # (random may rarely hit itself)
+  np.testing.assert_array_equal(tgt, ids)
+  assert (inp[~sel] == ids[~sel]).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+  from transformers import BertConfig, FlaxBertForMaskedLM
+  from data_pipelines.tokenize import default_vocab
+  import shutil
+  d = tmp_path_factory.mktemp("tinybert")
+  cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64, max_position_embeddings=64)
+  FlaxBertForMaskedLM(cfg, seed=0).save_pretrained(str(d))
+  shutil.copy(default_vocab(), os.path.join(d, "vocab.txt"))
+  return str(d)
+
+
+def write_text_data(d):
+  rows = {"train": ["i am so happy today", "this is awful and i hate it", "what a surprise",
+                    "i feel so sad and alone", "the meeting is at noon"] * 4,
+          "validation": ["so happy", "i hate this", "wow really", "so sad", "at noon"],
+          "test": ["very happy", "hate it", "no way", "crying", "the bus"]}
+  labels = ["happiness", "anger", "surprise", "sadness", "neutral"]
+  os.makedirs(d, exist_ok=True)
+  for split, texts in rows.items():
+    with open(os.path.join(d, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+      for i, t in enumerate(texts):
+        f.write(json.dumps({"text": t, "label": labels[i % 5]}) + "\n")
+
+
+def test_stage2_stage3_distill_handoff_and_resume(tiny_bert_dir, tmp_path):
+  import mced
+  cfg = mced.get_config("tiny")
+  lines = tmp_path / "lines.txt"
+  lines.write_text("\n".join(f"line number {i} of the subtitle corpus" for i in range(80)),
+                   encoding="utf-8")
+  write_text_data(str(tmp_path / "text"))
+  with cfg.unlocked():
+    cfg.teacher_mlm.init = tiny_bert_dir
+    cfg.teacher_mlm.text_files = str(lines)
+    cfg.teacher_mlm.include_dialogue = False
+    cfg.teacher_mlm.batch_size = 8
+    cfg.teacher_cls.init = str(tmp_path / "run" / "teacher_mlm" / "model")
+    cfg.teacher_cls.data_dir = str(tmp_path / "text")
+    cfg.teacher_cls.meld_test_csv = ""
+    cfg.teacher_cls.batch_size = 8
+    cfg.teacher_cls.eval_batch_size = 8
+    cfg.teacher_cls.epochs = 2
+    cfg.teacher_cls.stop_after_epoch = 1
+  mlm = teacher_mlm.train(cfg, str(tmp_path / "run" / "teacher_mlm"))
+  assert mlm["history"][0]["heldout_ppl"] < mlm["ppl_before"]  # it learned something
+  # Stage 3 from the stage-2 directory; stop after epoch 1, then resume.
+  out = teacher_cls.train(cfg, str(tmp_path / "run" / "teacher_cls"))
+  assert out == {"stopped_after_epoch": 1}
+  with cfg.unlocked():
+    cfg.teacher_cls.stop_after_epoch = -1
+  res = teacher_cls.train(cfg, str(tmp_path / "run" / "teacher_cls"))
+  assert [h["epoch"] for h in res["history"]] == [1, 2]  # epoch 1 was not redone
+  assert 0.0 <= res["test"]["WA"] <= 1.0 and os.path.exists(
+      tmp_path / "run" / "teacher_cls" / "confusion.png")
+  model_dir = str(tmp_path / "run" / "teacher_cls" / "model")
+  cfg_json = json.load(open(os.path.join(model_dir, "config.json"), encoding="utf-8"))
+  assert cfg_json["id2label"]["1"] == "happiness"
+  # A third run finds the results and skips.
+  assert teacher_cls.train(cfg, str(tmp_path / "run" / "teacher_cls"))["history"] == res["history"]
+  # Distillation loads the fine-tuned teacher from its directory.
+  from mced_jax.models import teacher as teacher_lib
+  with cfg.unlocked():
+    cfg.teacher.source = "path"
+    cfg.teacher.path = model_dir
+  t = teacher_lib.load_teacher(cfg.teacher)
+  assert (t.num_layers, t.hidden_size, t.config.num_labels) == (2, 32, 5)
+  # Padding does not change the classifier's outputs.
+  ids = np.array([[101, 2023, 2003, 2307, 102]], np.int32)
+  a = t.apply(t.params, ids, np.ones_like(ids))[0]
+  ids_p = np.concatenate([ids, np.zeros((1, 7), np.int32)], 1)
+  b = t.apply(t.params, ids_p, (ids_p > 0).astype(np.int32))[0]
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  # The stage-3 classifier reproduces its own saved weights' logits.
+  from transformers import FlaxBertForSequenceClassification
+  hf = FlaxBertForSequenceClassification.from_pretrained(model_dir)
+  jax.tree.map(np.testing.assert_array_equal, hf.params, t.params)
