@@ -43,6 +43,37 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, vocab_size: int, mask
   return inputs, ids, selected.astype(np.float32)
 
 
+def gather_masked(inputs, targets, weights, k: int):
+  """Positions of the selected tokens, k per row (the LM head then runs on those
+  alone instead of every position: the 30522-way projection is most of an MLM
+  step's cost). Rare rows with more than k selections keep only the first k; the
+  rest are restored to their original token."""
+  b = inputs.shape[0]
+  pos = np.zeros((b, k), np.int32)
+  tgt = np.zeros((b, k), np.int32)
+  w = np.zeros((b, k), np.float32)
+  inputs = inputs.copy()
+  for r in range(b):
+    sel = np.flatnonzero(weights[r] > 0)
+    if len(sel) > k:
+      inputs[r, sel[k:]] = targets[r, sel[k:]]
+      sel = sel[:k]
+    pos[r, :len(sel)] = sel
+    tgt[r, :len(sel)] = targets[r, sel]
+    w[r, :len(sel)] = 1.0
+  return inputs, pos, tgt, w
+
+
+def _masked_lm_logits(mdl, ids, mask, positions, gather, deterministic):
+  """Encoder over all tokens, MLM head only at `gather` positions ([B, K])."""
+  hidden = mdl.bert(ids, mask, jnp.zeros_like(ids), positions, None,
+                    deterministic=deterministic, return_dict=True)[0]
+  hidden = jnp.take_along_axis(hidden, gather[..., None], axis=1)
+  shared = (mdl.bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+            if mdl.config.tie_word_embeddings else None)
+  return mdl.cls(hidden, shared_embedding=shared)
+
+
 def corpus_lines(c) -> list[str]:
   from data_pipelines.adapters import text as text_lib  # pylint: disable=import-outside-toplevel
   files = [p for p in c.text_files.split(",") if p]
@@ -115,9 +146,9 @@ def train(config, workdir: str) -> dict:
   def mlm_loss(params, batch, rng, train):
     ids = batch["input_ids"]
     pos = jnp.broadcast_to(jnp.arange(ids.shape[1])[None], ids.shape)
-    logits = module.apply({"params": params}, ids, batch["attention_mask"],
-                          jnp.zeros_like(ids), pos, None, deterministic=not train,
-                          rngs={"dropout": rng} if train else None).logits
+    logits = module.apply({"params": params}, ids, batch["attention_mask"], pos,
+                          batch["gather"], not train, method=_masked_lm_logits,
+                          rngs={"dropout": rng} if train else None)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
                                                          batch["target"])
     w = batch["mask_weight"] * batch["weight"][:, None]
@@ -133,7 +164,8 @@ def train(config, workdir: str) -> dict:
   def masked_batch(ids, idx, length, rng):
     b = tc.pad_batch(ids, idx, length, c.batch_size)
     inp, tgt, w = mask_tokens(b["input_ids"], rng, vocab, mask_id, special)
-    b.update(input_ids=inp, target=tgt, mask_weight=w)
+    inp, gather, tgt, w = gather_masked(inp, tgt, w, k=int(0.25 * length) + 2)
+    b.update(input_ids=inp, gather=gather, target=tgt, mask_weight=w)
     return b
 
   def perplexity(params) -> float:

@@ -108,3 +108,16 @@ def test_stage2_stage3_distill_handoff_and_resume(tiny_bert_dir, tmp_path):
   from transformers import FlaxBertForSequenceClassification
   hf = FlaxBertForSequenceClassification.from_pretrained(model_dir)
   jax.tree.map(np.testing.assert_array_equal, hf.params, t.params)
+
+
+def test_gather_masked_positions():
+  ids = np.array([[101, 5, 6, 7, 8, 102], [101, 9, 10, 102, 0, 0]], np.int32)
+  inp = ids.copy()
+  inp[0, [1, 2, 4]] = 103
+  inp[1, 2] = 103
+  w = (inp == 103).astype(np.float32)
+  out, pos, tgt, ww = teacher_mlm.gather_masked(inp, ids, w, k=2)
+  np.testing.assert_array_equal(pos, [[1, 2], [2, 0]])
+  np.testing.assert_array_equal(tgt, [[5, 6], [10, 0]])  # unused slots: weight 0
+  np.testing.assert_array_equal(ww, [[1, 1], [1, 0]])
+  assert out[0, 4] == 8  # the third selection of row 0 (over k) is restored
