@@ -121,3 +121,28 @@ def test_gather_masked_positions():
   np.testing.assert_array_equal(tgt, [[5, 6], [10, 0]])  # unused slots: weight 0
   np.testing.assert_array_equal(ww, [[1, 1], [1, 0]])
   assert out[0, 4] == 8  # the third selection of row 0 (over k) is restored
+
+
+def test_teacher_inference_cli_labels_and_filters(tiny_bert_dir, tmp_path):
+  from transformers import FlaxBertForSequenceClassification
+  import shutil
+  from mced_jax import teacher_infer
+  d = tmp_path / "cls"
+  m = FlaxBertForSequenceClassification.from_pretrained(
+      tiny_bert_dir, num_labels=5, id2label=dict(enumerate(teacher_cls.CLASSES)),
+      label2id={n: i for i, n in enumerate(teacher_cls.CLASSES)})
+  m.save_pretrained(str(d))
+  shutil.copy(os.path.join(tiny_bert_dir, "vocab.txt"), d / "vocab.txt")
+  manifest = tmp_path / "pairs.csv"
+  manifest.write_text("audio,text\na.wav,I am so happy\nb.wav,that is terrible news\n"
+                      "c.wav,I don\x92t care\n", encoding="utf-8")
+  probs = teacher_infer.TeacherInference(str(d)).predict(["I am so happy", "x"])
+  assert probs.shape == (2, 5) and np.allclose(probs.sum(1), 1, atol=1e-5)
+  thr = float(np.sort(teacher_infer.TeacherInference(str(d)).predict(
+      ["I am so happy", "that is terrible news", "I don't care"]).max(1))[1])
+  kept = teacher_infer.main(["--teacher", str(d), "--input", str(manifest), "--out",
+                             str(tmp_path / "out.csv"), "--threshold", str(thr)])
+  assert len(kept) == 2 and all(float(r["teacher_confidence"]) >= thr - 1e-4 for r in kept)
+  import csv
+  all_rows = list(csv.DictReader(open(tmp_path / "out.all.csv", encoding="utf-8")))
+  assert len(all_rows) == 3 and all_rows[0]["teacher_label"] in teacher_cls.CLASSES
