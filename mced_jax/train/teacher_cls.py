@@ -31,7 +31,16 @@ MELD_TO_TEACHER = {"neutral": "neutral", "joy": "happiness", "surprise": "surpri
                    "sadness": "sadness", "anger": "anger"}
 
 
-def resolve_init(c) -> str:
+def resolve_init(c, workdir: str | None = None) -> str:
+  """'minilm', 'mlm' (this work dir's stage-2 output) or a local BERT directory."""
+  if c.init == "mlm":
+    if workdir is None:
+      raise ValueError("init='mlm' needs the run's work dir")
+    path = os.path.join(os.path.dirname(workdir), "teacher_mlm", "model")
+    if not os.path.exists(os.path.join(path, "config.json")):
+      raise FileNotFoundError(f"init='mlm' but {path} has no model: run the teacher_mlm "
+                              "stage first (--config.stages=teacher_mlm,teacher_cls)")
+    return path
   if c.init == "minilm":
     from mced_jax.models.teacher import default_teacher_dir  # pylint: disable=import-outside-toplevel
     return default_teacher_dir()
@@ -137,7 +146,7 @@ def train(config, workdir: str) -> dict:
       return json.load(f)
   from transformers import FlaxBertForSequenceClassification  # pylint: disable=import-outside-toplevel
   from data_pipelines.tokenize import WordPiece  # pylint: disable=import-outside-toplevel
-  init_dir = resolve_init(c)
+  init_dir = resolve_init(c, workdir)
   tok = WordPiece(os.path.join(init_dir, "vocab.txt"), max_tokens=c.max_tokens)
   data = load_splits(c, os.path.dirname(workdir))
   model = FlaxBertForSequenceClassification.from_pretrained(
