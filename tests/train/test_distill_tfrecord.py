@@ -22,7 +22,7 @@ def test_distill_reads_tfrecords_and_resumes(tmp_path, tiny_config):
     cfg.data.path = out
     cfg.data.max_frames = 400
     cfg.data.max_tokens = 24
-    cfg.data.frame_buckets = (200, 400)
+    cfg.data.frame_buckets = (400,)  # one static shape: one compilation per run
     cfg.distill.batch_size = 8  # one example per fake device
     cfg.distill.num_steps = 4
     cfg.distill.stop_after = 2
@@ -32,6 +32,10 @@ def test_distill_reads_tfrecords_and_resumes(tmp_path, tiny_config):
     cfg.distill.stop_after = -1
   state = distill.train(cfg, str(tmp_path / "run"))
   assert int(state.step) == 4
+  # A third run finds the work done and does no step.
+  n_logs = len(read_jsonl(str(tmp_path / "run" / "metrics.jsonl")))
+  assert int(distill.train(cfg, str(tmp_path / "run")).step) == 4
+  assert len(read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))) == n_logs
   logs = [r for r in read_jsonl(str(tmp_path / "run" / "metrics.jsonl")) if "loss" in r]
   assert logs and all(np.isfinite(r["loss"]) and r["rl"] >= 0 for r in logs)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))

@@ -19,8 +19,8 @@ from tests.train.test_resume import ROOT, restore_params
 def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_PLATFORMS="cpu")
-  args = ["--config=configs/mced.py:tiny", "--config.distill.num_steps=150",
-          "--config.distill.log_every=5", "--config.distill.checkpoint_every=1000"]
+  args = ["--config=configs/mced.py:tiny", "--config.distill.num_steps=80",
+          "--config.distill.log_every=2", "--config.distill.checkpoint_every=1000"]
   cmd = lambda wd: [sys.executable, "-m", "mced_jax.main", f"--workdir={wd}", *args]
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
   p = subprocess.run(cmd(straight), cwd=ROOT, env=env, capture_output=True, text=True,
@@ -41,12 +41,12 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tmp_path):
   mgr = ckpt_lib.Checkpointer(os.path.join(split, "distill", "checkpoints"))
   stopped_at = mgr.latest_step()
   mgr.close()
-  assert 5 <= stopped_at < 150, stopped_at
+  assert 2 <= stopped_at < 80, stopped_at
   p = subprocess.run(cmd(split), cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=400)
   assert p.returncode == 0, p.stderr[-3000:]
   assert f"restored step {stopped_at}" in p.stderr
-  a, b = restore_params(straight, 150), restore_params(split, 150)
+  a, b = restore_params(straight, 80), restore_params(split, 80)
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
 
 
