@@ -137,13 +137,9 @@ def evaluate(clf: Classifier, texts, labels) -> tuple[dict, np.ndarray]:
 
 def train(config, workdir: str) -> dict:
   c = config.teacher_cls
-  os.makedirs(workdir, exist_ok=True)
-  results_path = os.path.join(workdir, "results.json")
-  model_dir = os.path.join(workdir, "model")
-  if os.path.exists(results_path) and os.path.exists(os.path.join(model_dir, "config.json")):
-    logging.info("teacher_cls: %s exists, skipping (delete it to retrain)", results_path)
-    with open(results_path, encoding="utf-8") as f:
-      return json.load(f)
+  done, results_path, model_dir = tc.finished_results(workdir, "teacher_cls")
+  if done is not None:
+    return done
   from transformers import FlaxBertForSequenceClassification  # pylint: disable=import-outside-toplevel
   from data_pipelines.tokenize import WordPiece  # pylint: disable=import-outside-toplevel
   init_dir = resolve_init(c, workdir)
@@ -180,9 +176,7 @@ def train(config, workdir: str) -> dict:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
   meta = {"epoch": 0, "best_wf1": -1.0, "best_epoch": -1, "history": []}
   if ckpt.latest_step() is not None:
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, state_sh)
-    state, meta = ckpt.restore(abstract)
+    state, meta = ckpt.restore(tc.restore_target(state, state_sh))
     logging.info("teacher_cls: resuming after epoch %d (best val WF1 %.4f at epoch %d)",
                  meta["epoch"], meta["best_wf1"], meta["best_epoch"])
   writer = metrics.MetricWriter(workdir)

@@ -111,13 +111,9 @@ def _pooler_of(init_dir: str):
 
 def train(config, workdir: str) -> dict:
   c = config.teacher_mlm
-  os.makedirs(workdir, exist_ok=True)
-  model_dir = os.path.join(workdir, "model")
-  results_path = os.path.join(workdir, "results.json")
-  if os.path.exists(results_path) and os.path.exists(os.path.join(model_dir, "config.json")):
-    logging.info("teacher_mlm: %s exists, skipping (delete it to retrain)", results_path)
-    with open(results_path, encoding="utf-8") as f:
-      return json.load(f)
+  done, results_path, model_dir = tc.finished_results(workdir, "teacher_mlm")
+  if done is not None:
+    return done
   from transformers import FlaxBertForMaskedLM  # pylint: disable=import-outside-toplevel
   from data_pipelines.tokenize import WordPiece  # pylint: disable=import-outside-toplevel
   from mced_jax.train.teacher_cls import resolve_init  # pylint: disable=import-outside-toplevel
@@ -181,9 +177,7 @@ def train(config, workdir: str) -> dict:
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
   meta = {"epoch": 0, "history": []}
   if ckpt.latest_step() is not None:
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, state_sh)
-    state, meta = ckpt.restore(abstract)
+    state, meta = ckpt.restore(tc.restore_target(state, state_sh))
   else:
     meta["ppl_before"] = perplexity(state.params)
     logging.info("teacher_mlm: held-out perplexity before: %.1f (%d train / %d held-out "

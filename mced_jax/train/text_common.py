@@ -5,6 +5,7 @@ FlaxBert module, and HF-format saving. TensorFlow-free.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any, Callable
@@ -113,3 +114,23 @@ def save_hf(model_cls, config, params, out_dir: str, vocab_path: str) -> None:
   shutil.copy(vocab_path, os.path.join(tmp, "vocab.txt"))
   shutil.rmtree(out_dir, ignore_errors=True)
   os.replace(tmp, out_dir)
+
+
+def finished_results(workdir: str, stage: str):
+  """The stage's results when its model and results already exist (then the stage
+  is skipped), else None. Returns (results or None, results path, model dir)."""
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  os.makedirs(workdir, exist_ok=True)
+  results_path = os.path.join(workdir, "results.json")
+  model_dir = os.path.join(workdir, "model")
+  if os.path.exists(results_path) and os.path.exists(os.path.join(model_dir, "config.json")):
+    logging.info("%s: %s exists, skipping (delete it to retrain)", stage, results_path)
+    with open(results_path, encoding="utf-8") as f:
+      return json.load(f), results_path, model_dir
+  return None, results_path, model_dir
+
+
+def restore_target(state, shardings):
+  """ShapeDtypeStructs with shardings: what orbax restores into."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
