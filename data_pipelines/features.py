@@ -17,7 +17,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import time
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -239,6 +239,3 @@ def extract_many(items: Sequence[tuple[str, str]], cache_dir: str, num_workers: 
   return ExtractionReport(ok, skipped, audio_s, time.perf_counter() - t0,
                           num_workers if jobs else 0)
 
-
-def iter_items(records: Iterable) -> list[tuple[str, str]]:
-  return [(r.utt_id, r.audio_path) for r in records]

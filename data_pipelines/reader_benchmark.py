@@ -19,7 +19,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 
 def reader_throughput(data: str, split: str, batch: int, frames: int, tokens: int,

@@ -25,7 +25,7 @@ def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("corpus")
   rows = []
   for i in range(12):
-    p = write_wav(str(root / "clips" / f"u{i:02d}.wav"), 0.8 + 0.2 * i, seed=i,
+    write_wav(str(root / "clips" / f"u{i:02d}.wav"), 0.8 + 0.2 * i, seed=i,
                   f0=110 + 10 * i)
     rows.append({"audio": f"clips/u{i:02d}.wav", "text": TEXTS[i % len(TEXTS)],
                  "label": ["calm", "excited"][i % 2], "speaker": f"spk{i % 3}",

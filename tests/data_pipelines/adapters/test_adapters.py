@@ -60,16 +60,26 @@ def test_iemocap_labels_speakers_and_ten_folds(tmp_path):
   assert sorted(spk[f["test"][0]] for f in folds) == sorted(set(spk.values()))
 
 
-def test_meld_reads_official_csvs_and_finds_clips(tmp_path):
-  header = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
-            "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
-  for name, d in (("train_sent_emo.csv", "train_splits"), ("dev_sent_emo.csv", "dev_splits_complete"),
-                  ("test_sent_emo.csv", "output_repeated_splits_test")):
-    with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
+               "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
+MELD_LAYOUT = (("train_sent_emo.csv", "train_splits"), ("dev_sent_emo.csv", "dev_splits_complete"),
+               ("test_sent_emo.csv", "output_repeated_splits_test"))
+
+
+def write_meld_csvs(root, rows):
+  """The three official MELD CSVs, each holding `rows`; returns the clip folders."""
+  for name, _ in MELD_LAYOUT:
+    with open(root / name, "w", newline="", encoding="utf-8") as f:
       w = csv.writer(f)
-      w.writerow(header)
-      w.writerow([1, "Oh my God\x92s sake!", "Ross", "surprise", "positive", 0, 0, 1, 1, "", ""])
-      w.writerow([2, "Fine.", "Monica", "neutral", "neutral", 0, 1, 1, 1, "", ""])
+      w.writerow(MELD_HEADER)
+      w.writerows(rows)
+  return [d for _, d in MELD_LAYOUT]
+
+
+def test_meld_reads_official_csvs_and_finds_clips(tmp_path):
+  for d in write_meld_csvs(tmp_path, [
+      [1, "Oh my God\x92s sake!", "Ross", "surprise", "positive", 0, 0, 1, 1, "", ""],
+      [2, "Fine.", "Monica", "neutral", "neutral", 0, 1, 1, 1, "", ""]]):
     write_wav(str(tmp_path / d / "dia0_utt0.wav"), 1.0)
   recs = read_meld(str(tmp_path))
   assert len(recs) == 6
@@ -158,15 +168,9 @@ def test_meld_fixture_prepares_through_manual_dir(tmp_path):
   reported, the rest is written with labels."""
   from data_pipelines.prepare import PrepareOptions, prepare
   from data_pipelines.adapters import meld as meld_lib
-  header = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",
-            "Utterance_ID", "Season", "Episode", "StartTime", "EndTime"]
-  for name, d in (("train_sent_emo.csv", "train_splits"), ("dev_sent_emo.csv", "dev_splits_complete"),
-                  ("test_sent_emo.csv", "output_repeated_splits_test")):
-    with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
-      w = csv.writer(f)
-      w.writerow(header)
-      for u, emo in enumerate(["joy", "anger", "neutral"]):
-        w.writerow([u, f"utterance number {u} is here", "Joey", emo, "x", 3, u, 1, 1, "", ""])
+  rows = [[u, f"utterance number {u} is here", "Joey", emo, "x", 3, u, 1, 1, "", ""]
+          for u, emo in enumerate(["joy", "anger", "neutral"])]
+  for d in write_meld_csvs(tmp_path, rows):
     for u in range(2):  # the third clip is missing
       write_wav(str(tmp_path / d / f"dia3_utt{u}.wav"), 1.0 + u, seed=u)
   rep = prepare(read_meld(str(tmp_path)), str(tmp_path / "out"),
