@@ -94,7 +94,9 @@ def make_dataset(prepared_dir: str, split: str, cfg: ReaderConfig, *, name: str 
     buckets.append(int(cfg.max_frames))
   buckets = [b for b in buckets if b <= cfg.max_frames]
   builder = tfds.builder_from_directory(dataset_dir(prepared_dir, name))
-  if split not in builder.info.splits:
+  # TFDS split syntax: "train", "train+validation", "train[:80%]"
+  parts = [p.split("[")[0].strip() for p in split.split("+")]
+  if not all(p in builder.info.splits for p in parts):
     raise ValueError(f"{prepared_dir}: no split {split!r}; it has {list(builder.info.splits)}")
   has_label = "label" in builder.info.features
   read_cfg = tfds.ReadConfig(shuffle_seed=cfg.seed, interleave_cycle_length=4)

@@ -38,6 +38,14 @@ def run(config, workdir: str) -> dict:
     records = ADAPTERS[d.corpus](d.root)
     labels, filt = CORPORA[d.corpus]
     labels = labels or ()
+  for item in (x.strip() for x in d.extra_corpora.split(",") if x.strip()):
+    name, _, root = item.partition(":")
+    if name not in ADAPTERS or not root:
+      raise ValueError(f"data.extra_corpora entry {item!r}: expected adapter:root with an "
+                       f"adapter of {', '.join(ADAPTERS)}")
+    extra = ADAPTERS[name](root)
+    logging.info("data: + %d utterances of %s from %s", len(extra), name, root)
+    records += extra
   if os.path.exists(os.path.join(out, "report.json")):
     logging.info("data: %s already prepared at %s (delete it to rebuild)", d.corpus, out)
   opts = PrepareOptions(name=d.corpus, label_names=tuple(labels), max_tokens=d.max_tokens,

@@ -19,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mced", "Directory for checkpoints, "
                                "metrics and results; a re-run resumes from it.")
 
-STAGES = ("data", "teacher_mlm", "teacher_cls", "distill", "benchmark")
+STAGES = ("data", "teacher_mlm", "teacher_cls", "distill", "finetune", "benchmark")
 
 
 def run_stage(stage: str, config, workdir: str):
@@ -33,13 +33,12 @@ def run_stage(stage: str, config, workdir: str):
     from mced_jax.train import teacher_cls  # pylint: disable=import-outside-toplevel
     return teacher_cls.train(config, os.path.join(workdir, "teacher_cls"))
   if stage == "distill":
-    if config.teacher.source == "stage3":  # this work dir's fine-tuned teacher
-      config.teacher.source = "path"
-      config.teacher.path = os.path.join(workdir, "teacher_cls", "model")
-    if config.data.source == "tfrecord" and not config.data.path:
-      config.data.path = os.path.join(workdir, "data", config.data.corpus)
     from mced_jax.train import distill  # pylint: disable=import-outside-toplevel
+    distill.resolve_inputs(config, workdir)
     return distill.train(config, os.path.join(workdir, "distill"))
+  if stage == "finetune":
+    from mced_jax import downstream  # pylint: disable=import-outside-toplevel
+    return downstream.run(config, workdir)
   if stage == "benchmark":
     from mced_jax import benchmark  # pylint: disable=import-outside-toplevel
     return benchmark.run(config, os.path.join(workdir, "benchmark"))

@@ -85,7 +85,10 @@ def resolve_teacher_dir(cfg) -> str:
       raise FileNotFoundError(f"teacher directory {path!r} has no config.json "
                               "(expected a Hugging Face BERT directory)")
     return path
-  raise ValueError(f"unknown teacher.source {cfg.source!r}; use minilm, path or random")
+  if cfg.source == "stage3":
+    raise ValueError("teacher.source=stage3 means WORKDIR/teacher_cls/model and is resolved "
+                     "by the distill stage of mced_jax.main; elsewhere use source=path")
+  raise ValueError(f"unknown teacher.source {cfg.source!r}; use minilm, path, random or stage3")
 
 
 def load_teacher(cfg, dtype=jnp.float32, seed: int = 0) -> Teacher:

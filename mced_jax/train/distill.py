@@ -21,6 +21,7 @@ import optax
 from absl import logging
 
 from mced_jax import checkpoint as ckpt_lib
+from mced_jax import export as export_lib
 from mced_jax import losses
 from mced_jax import metrics as metrics_lib
 from mced_jax import preemption
@@ -213,6 +214,16 @@ def build(config, mesh=None, teacher=None) -> Distiller:
   return Distiller(config, mesh, student, align, teacher, t_params, tx, schedule)
 
 
+def resolve_inputs(config, workdir: str) -> None:
+  """Work-dir defaults: `teacher.source=stage3` is this work dir's fine-tuned
+  teacher; an empty tfrecord `data.path` is the `data` stage's output."""
+  if config.teacher.source == "stage3":
+    config.teacher.source = "path"
+    config.teacher.path = os.path.join(workdir, "teacher_cls", "model")
+  if config.data.source == "tfrecord" and not config.data.path:
+    config.data.path = os.path.join(workdir, "data", config.data.corpus)
+
+
 def make_source(config):
   """The distillation input. Only SYNTHETIC pairs exist until the data pipeline."""
   d = config.data
@@ -288,6 +299,8 @@ def train(config, workdir: str) -> TrainState:
   if start >= end:
     logging.info("distill: already at step %d (target %d), nothing to do", start, end)
     ckpt.close()
+    if end == d.num_steps and not export_lib.exists(os.path.join(workdir, "student")):
+      export_student(config, state, workdir, source)
     return state
   logging.info("distill: steps %d -> %d, global batch %d, mesh %s, dtype %s, source %s",
                start, end, d.batch_size, dict(mesh.shape), config.dtype, source.name)
@@ -387,4 +400,26 @@ def train(config, workdir: str) -> TrainState:
   if preempted:
     logging.warning("distill: stop signal received; saved step %d to %s. Re-run the same "
                     "command to resume.", final, ckpt.directory)
+  elif final >= d.num_steps:
+    export_student(config, state, workdir, source)
   return state
+
+
+def export_student(config, state, workdir: str, source) -> str:
+  """Writes the distilled student (no soft-align weights) for fine-tuning."""
+  out = os.path.join(workdir, "student")
+  if jax.process_index() == 0:
+    meta = {"kind": "distilled_student", "student": export_lib.student_dict(config.student),
+            "teacher_classes": int(config.student.num_classes),
+            "step": int(jax.device_get(state.step)), "data_source": source.name,
+            "teacher_layers": list(config.distill.teacher_layers),
+            "student_layers": list(config.distill.student_layers),
+            "rl_weight": float(config.distill.rl_weight),
+            "lambdas": list(config.distill.lambdas)}
+    if config.data.source == "tfrecord":
+      from data_pipelines.input_pipeline import load_stats  # pylint: disable=import-outside-toplevel
+      mean, std = load_stats(config.data.path)
+      meta["feature_mean"], meta["feature_std"] = mean.tolist(), std.tolist()
+    export_lib.save(out, state.params["student"], meta)
+    logging.info("distill: exported the student to %s", out)
+  return out

@@ -50,6 +50,19 @@ def resolve_init(c, workdir: str | None = None) -> str:
   return c.init
 
 
+def demo_text_splits(manifest: str, out_dir: str) -> None:
+  """train/validation/test.jsonl from the demo corpus's labelled transcripts."""
+  import csv  # pylint: disable=import-outside-toplevel
+  os.makedirs(out_dir, exist_ok=True)
+  with open(manifest, encoding="utf-8", newline="") as f:
+    rows = list(csv.DictReader(f))
+  for split in ("train", "validation", "test"):
+    with open(os.path.join(out_dir, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+      for r in rows:
+        if r["split"] == split and r["label"] in CLASSES:
+          f.write(json.dumps({"text": r["text"], "label": r["label"]}) + "\n")
+
+
 def load_splits(c, workdir: str) -> dict:
   """{split: (texts, label ids)} from JSONL files (data_pipelines.adapters.text)."""
   data_dir = c.data_dir
@@ -57,12 +70,19 @@ def load_splits(c, workdir: str) -> dict:
     data_dir = os.path.join(workdir, "teacher_text")
     if not os.path.exists(os.path.join(data_dir, "train.jsonl")):
       from data_pipelines.adapters import text as text_lib  # pylint: disable=import-outside-toplevel
-      for p in (c.xed_dir, c.emotionlines_dir):
-        if not os.path.isdir(p):
-          raise FileNotFoundError(f"teacher text corpus {p} not found; set "
-                                  "--config.teacher_cls.xed_dir/emotionlines_dir or data_dir")
-      text_lib.write_jsonl(text_lib.teacher_text_dataset(c.xed_dir, c.emotionlines_dir, c.seed),
-                           data_dir)
+      missing = [p for p in (c.xed_dir, c.emotionlines_dir) if not os.path.isdir(p)]
+      demo_manifest = os.path.join(workdir, "data", "demo_corpus", "manifest.csv")
+      if missing and os.path.exists(demo_manifest):
+        from absl import logging  # pylint: disable=import-outside-toplevel
+        logging.warning("teacher_cls: %s not found; fine-tuning the teacher on the demo "
+                        "corpus's own transcripts instead (a plumbing demo)", missing)
+        demo_text_splits(demo_manifest, data_dir)
+      elif missing:
+        raise FileNotFoundError(f"teacher text corpus {missing[0]} not found; set "
+                                "--config.teacher_cls.xed_dir/emotionlines_dir or data_dir")
+      else:
+        text_lib.write_jsonl(
+            text_lib.teacher_text_dataset(c.xed_dir, c.emotionlines_dir, c.seed), data_dir)
   out = {}
   for split in ("train", "validation", "test"):
     path = os.path.join(data_dir, f"{split}.jsonl")
@@ -78,10 +98,10 @@ def load_splits(c, workdir: str) -> dict:
           raise ValueError(f"{path}:{i}: unknown label {row['label']!r}")
         texts.append(row["text"])
         labels.append(CLASSES.index(row["label"]))
-    if split == "train" and c.max_train_examples > 0:
-      texts, labels = texts[: c.max_train_examples], labels[: c.max_train_examples]
-    if split != "train" and c.max_eval_examples > 0:
-      texts, labels = texts[: c.max_eval_examples], labels[: c.max_eval_examples]
+    cap = c.max_train_examples if split == "train" else c.max_eval_examples
+    if 0 < cap < len(texts):  # a seeded random subset: the files are sorted by text
+      keep = np.sort(np.random.default_rng(c.seed).permutation(len(texts))[:cap])
+      texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     out[split] = (texts, np.asarray(labels, np.int32))
   return out
 

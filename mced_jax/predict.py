@@ -1,0 +1,178 @@
+"""Emotion prediction on audio files with a fine-tuned student.
+
+    python -m mced_jax.predict --checkpoint=runs/mced/finetune/model_mced clip.wav dir/ ...
+
+`--checkpoint` is an exported classifier (model.json + params.msgpack; the
+finetune stage writes WORKDIR/finetune/model_mced and model_scratch), or a work dir
+holding one. PATHs are audio files in any common format and sample rate (wav,
+flac, ogg, mp3; mp4/m4a through ffmpeg) or directories searched recursively.
+Prints one line per file and writes per-file class probabilities to --out
+(.csv or .json). Unreadable, empty, silent or too-short files are reported and
+skipped; the exit status is 1 only when no file could be scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au",
+                    ".m4a", ".mp4", ".aac", ".webm")
+
+
+def resolve_checkpoint(path: str) -> str:
+  from mced_jax import export  # pylint: disable=import-outside-toplevel
+  for cand in (path, os.path.join(path, "finetune", "model_mced"),
+               os.path.join(path, "model_mced"), os.path.join(path, "finetune", "model_scratch")):
+    if export.exists(cand):
+      return cand
+  raise FileNotFoundError(f"{path}: no exported classifier (model.json + params.msgpack) "
+                          "there or in its finetune/ folder; run the finetune stage first")
+
+
+def collect_files(paths) -> tuple[list[str], list[tuple[str, str]]]:
+  """(audio files, [(path, reason)] for paths that do not exist)."""
+  files, missing = [], []
+  for p in paths:
+    if os.path.isdir(p):
+      for root, _, names in sorted(os.walk(p)):
+        files += [os.path.join(root, n) for n in sorted(names)
+                  if n.lower().endswith(AUDIO_EXTENSIONS)]
+    elif os.path.exists(p):
+      files.append(p)
+    else:
+      missing.append((p, "file not found"))
+  return files, missing
+
+
+class Predictor:
+  """Features -> standardise -> student -> class probabilities."""
+
+  def __init__(self, checkpoint: str, min_seconds: float = 0.25):
+    import jax  # pylint: disable=import-outside-toplevel
+    from mced_jax import export  # pylint: disable=import-outside-toplevel
+    from mced_jax.models.student import Student  # pylint: disable=import-outside-toplevel
+    self.dir = resolve_checkpoint(checkpoint)
+    params, meta = export.load(self.dir)
+    if meta.get("kind") != "emotion_classifier":
+      raise ValueError(f"{self.dir}: a {meta.get('kind')!r} export, not a fine-tuned "
+                       "classifier (use WORKDIR/finetune/model_mced)")
+    s = meta["student"]
+    self.classes = list(meta["classes"])
+    self.mean = np.asarray(meta["feature_mean"], np.float32)
+    self.std = np.asarray(meta["feature_std"], np.float32)
+    self.buckets = sorted(meta.get("frame_buckets") or [1000])
+    self.min_seconds = min_seconds
+    model = Student(
+        num_classes=len(self.classes), conv_channels=tuple(s["conv_channels"]),
+        conv_kernels=tuple(s["conv_kernels"]), conv_strides=tuple(s["conv_strides"]),
+        d_model=s["d_model"], num_layers=s["num_layers"], num_heads=s["num_heads"],
+        mlp_dim=s["mlp_dim"], dropout=s["dropout"], classifier_hidden=s["classifier_hidden"])
+    self._params = jax.device_put(params)
+    self._fn = jax.jit(lambda p, x, m: jax.nn.softmax(model.apply({"params": p}, x, m)[0], -1))
+    self._extract = None
+
+  def frames_for(self, n: int) -> int:
+    """A bucket length (few compiled shapes); beyond the largest, multiples of it."""
+    for b in self.buckets:
+      if n <= b:
+        return b
+    top = self.buckets[-1]
+    return -(-n // top) * top
+
+  def features(self, path: str) -> np.ndarray:
+    from data_pipelines import features as F  # pylint: disable=import-outside-toplevel
+    if self._extract is None:
+      self._extract = F.IS16Extractor()
+    signal = F.load_audio(path)
+    F.check_signal(path, signal, self.min_seconds)
+    x = self._extract(signal)
+    if x.shape[0] == 0:
+      raise F.BadAudio(f"{path}: openSMILE produced no frames")
+    return x
+
+  def predict_features(self, x: np.ndarray) -> np.ndarray:
+    t = self.frames_for(len(x))
+    feats = np.zeros((1, t, x.shape[1]), np.float32)
+    feats[0, : len(x)] = (x - self.mean) / self.std
+    mask = np.zeros((1, t), bool)
+    mask[0, : len(x)] = True
+    return np.asarray(self._fn(self._params, feats, mask))[0]
+
+  def predict_file(self, path: str) -> dict:
+    x = self.features(path)
+    probs = self.predict_features(x)
+    return {"path": path, "seconds": round(len(x) / 100.0, 2),
+            "prediction": self.classes[int(probs.argmax())],
+            "probabilities": {c: float(p) for c, p in zip(self.classes, probs)}}
+
+
+def predict_paths(checkpoint: str, paths, progress: bool = True):
+  """(results, skipped [(path, reason)]) for files and directories."""
+  from data_pipelines.features import BadAudio  # pylint: disable=import-outside-toplevel
+  files, skipped = collect_files(paths)
+  if not files and not skipped:
+    raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {paths}")
+  pred = Predictor(checkpoint)
+  results = []
+  it = files
+  if progress and len(files) > 1:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    it = tqdm(files, desc="predict", unit="file", file=sys.stderr)
+  for f in it:
+    try:
+      results.append(pred.predict_file(f))
+    except (BadAudio, OSError, RuntimeError, ValueError) as e:
+      skipped.append((f, str(e)))
+  return results, skipped, pred.classes
+
+
+def write_results(results, skipped, classes, out: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  if out.endswith(".json"):
+    with open(out, "w", encoding="utf-8") as f:
+      json.dump({"classes": classes, "predictions": results,
+                 "skipped": [{"path": p, "reason": r} for p, r in skipped]}, f, indent=1)
+    return
+  with open(out, "w", encoding="utf-8", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["path", "prediction", "seconds"] + [f"p_{c}" for c in classes] + ["error"])
+    for r in results:
+      w.writerow([r["path"], r["prediction"], r["seconds"]] +
+                 [f"{r['probabilities'][c]:.4f}" for c in classes] + [""])
+    for p, reason in skipped:
+      w.writerow([p, "", ""] + [""] * len(classes) + [reason])
+
+
+def main(argv=None) -> int:
+  import argparse  # pylint: disable=import-outside-toplevel
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--checkpoint", required=True,
+                  help="exported classifier dir (WORKDIR/finetune/model_mced) or a work dir")
+  ap.add_argument("--out", default="predictions.csv", help="output file, .csv or .json")
+  ap.add_argument("paths", nargs="+", help="audio files or directories")
+  a = ap.parse_args(argv)
+  try:
+    results, skipped, classes = predict_paths(a.checkpoint, a.paths)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  width = max([len(r["path"]) for r in results] + [10])
+  for r in results:
+    top = ", ".join(f"{c} {p:.2f}" for c, p in sorted(r["probabilities"].items(),
+                                                       key=lambda kv: -kv[1])[:3])
+    print(f"{r['path']:<{width}}  {r['prediction']:<10}  ({top})")
+  for p, reason in skipped:
+    print(f"skipped {p}: {reason}", file=sys.stderr)
+  write_results(results, skipped, classes, a.out)
+  print(f"{len(results)} file(s) scored, {len(skipped)} skipped; wrote {a.out}",
+        file=sys.stderr)
+  return 0 if results else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,87 @@
+"""Downstream results: per-run CSV, mean +- std tables, confusion plots."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+from mced_jax import metrics as metrics_lib
+
+METRICS = ("WA", "UAR", "F1", "WF1")
+
+
+def summarize(results: list[dict], order=None) -> list[dict]:
+  """One row per variant: mean and std of the test metrics over all its runs
+  (folds x seeds), in `order` (default: first appearance)."""
+  variants = list(order) if order else list(dict.fromkeys(r["variant"] for r in results))
+  rows = []
+  for v in variants:
+    rs = [r for r in results if r["variant"] == v]
+    if not rs:
+      continue
+    row = {"variant": v, "runs": len(rs), "folds": len({r["fold"] for r in rs}),
+           "seeds": len({r["seed"] for r in rs})}
+    for m in METRICS:
+      vals = np.array([r["test"][m] for r in rs])
+      row[m] = float(vals.mean())
+      row[m + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    rows.append(row)
+  return rows
+
+
+def markdown_table(rows: list[dict], metrics=METRICS, reference: dict | None = None) -> str:
+  head = "| model | " + " | ".join(metrics) + " | runs (folds x seeds) |"
+  lines = [head, "|---" * (len(metrics) + 2) + "|"]
+  for r in rows:
+    cells = " | ".join(f"{r[m]:.3f} ± {r[m + '_std']:.3f}" for m in metrics)
+    lines.append(f"| {r['variant']} | {cells} | {r['runs']} ({r['folds']} x {r['seeds']}) |")
+  if reference:
+    cells = " | ".join(f"{reference[m]:.3f}" if m in reference else "–" for m in metrics)
+    lines.append(f"| {reference['name']} | {cells} | reference |")
+  return "\n".join(lines)
+
+
+def write_runs_csv(results: list[dict], path: str) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["variant", "fraction", "fold", "seed", "best_epoch", "train_utterances"] +
+               [f"test_{m}" for m in METRICS] + [f"val_{m}" for m in METRICS])
+    for r in results:
+      w.writerow([r["variant"], r["fraction"], r["fold"], r["seed"], r["best_epoch"],
+                  r["train_utterances"]] + [f"{r['test'][m]:.4f}" for m in METRICS] +
+                 [f"{r['val'][m]:.4f}" for m in METRICS])
+
+
+def per_fold_table(results: list[dict], variants, metric: str = "UAR") -> str:
+  """Test `metric` per fold (mean over seeds), one column per variant."""
+  folds = list(dict.fromkeys(r["fold"] for r in results))
+  lines = ["| fold | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+  for fold in folds:
+    cells = []
+    for v in variants:
+      vals = [r["test"][metric] for r in results if r["variant"] == v and r["fold"] == fold]
+      cells.append(f"{np.mean(vals):.3f}" if vals else "–")
+    lines.append(f"| {fold} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def confusion_plots(results: list[dict], classes, out_dir: str, prefix: str) -> list[str]:
+  """One confusion matrix per variant, summed over its folds and seeds (PNG + txt)."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for v in dict.fromkeys(r["variant"] for r in results):
+    rs = [r for r in results if r["variant"] == v]
+    y = np.concatenate([r["test_true"] for r in rs])
+    p = np.concatenate([np.asarray(r["test_probs"]).argmax(-1) for r in rs])
+    cm = metrics_lib.confusion_matrix(y, p, len(classes))
+    slug = "".join(ch if ch.isalnum() else "_" for ch in v).strip("_")
+    png = os.path.join(out_dir, f"{prefix}confusion_{slug}.png")
+    metrics_lib.plot_confusion(cm, classes, png,
+                               f"{v}: test, summed over {len(rs)} runs")
+    with open(png[:-4] + ".txt", "w", encoding="utf-8") as f:
+      f.write(metrics_lib.confusion_text(cm, classes) + "\n")
+    paths.append(png)
+  return paths

@@ -1,0 +1,68 @@
+"""python -m mced_jax.predict: any rate/channels, broken files skipped, CSV/JSON."""
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mced_jax import export, predict
+from mced_jax.models.student import student_from_config
+from tests.data_pipelines.fixtures import write_corrupt, write_wav
+
+CLASSES = ["neutral", "happy", "sad"]
+
+
+@pytest.fixture
+def classifier(tmp_path, tiny_config):
+  s = tiny_config.student
+  model = student_from_config(s).clone(num_classes=len(CLASSES))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 130)), jnp.ones((1, 16), bool))
+  d = str(tmp_path / "work" / "finetune" / "model_mced")
+  export.save(d, params["params"], {
+      "kind": "emotion_classifier", "student": {**export.student_dict(s), "num_classes": 3},
+      "classes": CLASSES, "feature_mean": [0.0] * 130, "feature_std": [1.0] * 130,
+      "frame_buckets": [250, 500]})
+  return d
+
+
+def test_predict_stereo_44k_and_broken_files(tmp_path, classifier, capsys):
+  stereo = write_wav(str(tmp_path / "in" / "stereo44k.wav"), 1.5, sr=44100, channels=2)
+  mono = write_wav(str(tmp_path / "in" / "sub" / "mono16k.flac"), 1.5, sr=16000)
+  broken = write_corrupt(str(tmp_path / "in" / "broken.wav"))
+  out = str(tmp_path / "pred.csv")
+  # a work dir works as --checkpoint too (its finetune/model_mced is found)
+  rc = predict.main(["--checkpoint", str(tmp_path / "work"), "--out", out,
+                     str(tmp_path / "in"), str(tmp_path / "missing.wav")])
+  assert rc == 0
+  rows = {r["path"]: r for r in csv.DictReader(open(out))}
+  assert set(rows) == {stereo, mono, broken, str(tmp_path / "missing.wav")}
+  for f in (stereo, mono):
+    p = np.array([float(rows[f][f"p_{c}"]) for c in CLASSES])
+    assert abs(p.sum() - 1) < 1e-3 and rows[f]["prediction"] == CLASSES[int(p.argmax())]
+    assert abs(float(rows[f]["seconds"]) - 1.5) < 0.1  # resampled to 16 kHz, 100 frames/s
+    assert rows[f]["error"] == ""
+  assert "unreadable audio" in rows[broken]["error"] and rows[broken]["prediction"] == ""
+  assert "not found" in rows[str(tmp_path / "missing.wav")]["error"]
+  err = capsys.readouterr().err
+  assert "2 file(s) scored, 2 skipped" in err and "broken.wav" in err
+
+
+def test_predict_json_and_all_bad(tmp_path, classifier):
+  f = write_wav(str(tmp_path / "a.wav"), 1.0, sr=22050)
+  out = str(tmp_path / "p.json")
+  assert predict.main(["--checkpoint", classifier, "--out", out, f]) == 0
+  res = json.load(open(out))
+  assert res["classes"] == CLASSES and len(res["predictions"]) == 1 and not res["skipped"]
+  # only broken input: reported, exit status 1, nothing crashes
+  bad = write_corrupt(str(tmp_path / "b.wav"))
+  assert predict.main(["--checkpoint", classifier, "--out", out, bad]) == 1
+  assert json.load(open(out))["skipped"][0]["path"] == bad
+
+
+def test_predict_bad_checkpoint(tmp_path):
+  assert predict.main(["--checkpoint", str(tmp_path), str(tmp_path)]) == 2
+  with pytest.raises(FileNotFoundError, match="no exported classifier"):
+    predict.resolve_checkpoint(str(tmp_path))
