@@ -77,7 +77,8 @@ def confusion_plots(results: list[dict], classes, out_dir: str, prefix: str) -> 
     y = np.concatenate([r["test_true"] for r in rs])
     p = np.concatenate([np.asarray(r["test_probs"]).argmax(-1) for r in rs])
     cm = metrics_lib.confusion_matrix(y, p, len(classes))
-    slug = "".join(ch if ch.isalnum() else "_" for ch in v).strip("_")
+    slug = v.replace("+", "_plus_").replace("−", "_minus_").replace("-", "_minus_")
+    slug = "_".join(filter(None, "".join(ch if ch.isalnum() else "_" for ch in slug).split("_")))
     png = os.path.join(out_dir, f"{prefix}confusion_{slug}.png")
     metrics_lib.plot_confusion(cm, classes, png,
                                f"{v}: test, summed over {len(rs)} runs")

@@ -55,3 +55,20 @@ def test_benchmark_stage_writes_json_and_table(tmp_path):
   # The analytic count and XLA's agree to within a factor well below 2.
   assert 0.5 < r["xla_over_analytic"] < 2.0
   assert os.path.exists(tmp_path / "benchmark" / "results.md")
+
+
+@pytest.mark.parametrize("spec", ["mced.py", "mced.py:tiny", "ravdess.py", "ravdess.py:ablations",
+                                  "paper.py:iemocap", "paper.py:meld", "benchmark.py"])
+def test_every_config_builds_with_known_stages_and_protocols(spec):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from mced_jax import protocols  # pylint: disable=import-outside-toplevel
+  name, _, arg = spec.partition(":")
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
+  mod_spec = importlib.util.spec_from_file_location(f"cfg_{name[:-3]}", path)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  c = mod.get_config(arg or None)
+  main_lib.parse_stages(c.stages)
+  assert c.finetune.protocol in protocols.PROTOCOLS
+  assert set(str(c.finetune.tables).split(",")) <= {"5", "6", "7"}
+  assert len(c.distill.teacher_layers) == len(c.distill.student_layers) == len(c.distill.lambdas)

@@ -239,7 +239,6 @@ def train_run(config, corpus: Corpus, fold: protocols.Fold, seed: int, spec: Run
     return loss, {"loss": loss}
 
   step = tc.make_step(loss_fn, tx, mesh, state_sh, seed)
-  rep = shd.replicated(mesh)
 
   @jax.jit
   def predict(p, batch):
@@ -255,8 +254,7 @@ def train_run(config, corpus: Corpus, fold: protocols.Fold, seed: int, spec: Run
       order += chunk
     probs = np.concatenate(probs)
     y = np.array([corpus.labels[u] for u in order])
-    rep_ = metrics_lib.classification_report(y, probs.argmax(-1), nc)
-    return rep_, order, probs
+    return metrics_lib.classification_report(y, probs.argmax(-1), nc), order, probs
 
   rng = np.random.default_rng(seed)
   history, best, best_params = [], None, None
@@ -283,7 +281,6 @@ def train_run(config, corpus: Corpus, fold: protocols.Fold, seed: int, spec: Run
                 "test_ids": order, "test_probs": probs.round(5).tolist()}
         if export_dir:
           best_params = jax.device_get(state.params)
-  del rep
   result = {
       "variant": spec.variant, "init": spec.init_dir, "fraction": spec.fraction,
       "fold": fold.name, "seed": seed, "classes": list(corpus.classes),

@@ -146,3 +146,26 @@ def test_teacher_inference_cli_labels_and_filters(tiny_bert_dir, tmp_path):
   import csv
   all_rows = list(csv.DictReader(open(tmp_path / "out.all.csv", encoding="utf-8")))
   assert len(all_rows) == 3 and all_rows[0]["teacher_label"] in teacher_cls.CLASSES
+
+
+def test_teacher_text_falls_back_to_demo_transcripts(tmp_path, tiny_config):
+  """Without XED/EmotionLines (no ../shared), stage 3 learns from the demo corpus's
+  labelled transcripts, split by voice like the corpus itself."""
+  work = tmp_path / "work"
+  (work / "data" / "demo_corpus").mkdir(parents=True)
+  rows = ["id,audio,text,label,speaker,split"]
+  for split, n in (("train", 4), ("validation", 2), ("test", 2)):
+    for i in range(n):
+      label = teacher_cls.CLASSES[i % 5]
+      rows.append(f"{split}{i},wavs/{split}{i}.wav,I feel {label} today {i}.,{label},v,{split}")
+  (work / "data" / "demo_corpus" / "manifest.csv").write_text("\n".join(rows) + "\n")
+  c = tiny_config.teacher_cls
+  with tiny_config.unlocked():
+    c.xed_dir = str(tmp_path / "no_xed")
+  splits = teacher_cls.load_splits(c, str(work))
+  assert {k: len(v[0]) for k, v in splits.items()} == {"train": 4, "validation": 2, "test": 2}
+  assert splits["train"][0][1] == "I feel happiness today 1."
+  assert list(splits["train"][1]) == [0, 1, 2, 3]
+  (work / "data" / "demo_corpus" / "manifest.csv").unlink()
+  with pytest.raises(FileNotFoundError, match="no_xed"):
+    teacher_cls.load_splits(c, str(tmp_path / "elsewhere"))
