@@ -147,6 +147,14 @@ def run(config, workdir: str) -> dict:
       fh.write(text)
     sections.append(text)
     summary[f"table{t}"] = rows
+  # results.md collects every table this work dir has, also those of earlier runs
+  # (e.g. Table 5 from the main job, Tables 6-7 from the ablation job).
+  for t in ("5", "6", "7"):
+    path = os.path.join(out, f"table{t}.md")
+    if t not in tables and os.path.exists(path):
+      with open(path, encoding="utf-8") as fh:
+        sections.append(fh.read())
+  sections = sections[:1] + sorted(sections[1:])
   md = "\n".join(sections)
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as fh:
     fh.write(md)

@@ -99,6 +99,12 @@ def test_tables_5_6_7_end_to_end_then_resume(ft_config, tmp_path, monkeypatch):
   monkeypatch.setattr(ft, "train_run", lambda *a, **k: pytest.fail("retrained a cached run"))
   again = downstream.run(c, work)
   assert again["table5"] == summary["table5"]
+  # A job that runs one table keeps the others in results.md.
+  with c.unlocked():
+    c.finetune.tables = "7"
+  downstream.run(c, work)
+  results = open(os.path.join(work, "results.md")).read()
+  assert results.index("## Table 5") < results.index("## Table 6") < results.index("## Table 7")
 
 
 def test_distilled_init_keeps_body_and_renews_head(ft_config, tmp_path):
