@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import textwrap
 
 from absl import logging
 
@@ -142,6 +143,9 @@ def run(config, workdir: str) -> dict:
       pngs = report.confusion_plots(results, corpus.classes, out, "table5_")
       extra += "\n\nConfusion matrices (summed over runs): " + ", ".join(
           f"`finetune/{os.path.basename(p)}`" for p in pngs)
+    report.bar_plot(rows, os.path.join(out, f"table{t}.png"), textwrap.fill(caption, 70),
+                    ref if t == "5" else None)
+    extra += f"\n\nPlot: `finetune/table{t}.png`"
     text = _table(f"Table {t}", rows, caption, extra, ref if t == "5" else None)
     with open(os.path.join(out, f"table{t}.md"), "w", encoding="utf-8") as fh:
       fh.write(text)

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                                                        key=lambda kv: -kv[1])[:3])
     print(f"{r['path']:<{width}}  {r['prediction']:<10}  ({top})")
   for p, reason in skipped:
-    print(f"skipped {p}: {reason}", file=sys.stderr)
+    print(f"skipped: {reason}" if p in reason else f"skipped {p}: {reason}", file=sys.stderr)
   write_results(results, skipped, classes, a.out)
   print(f"{len(results)} file(s) scored, {len(skipped)} skipped; wrote {a.out}",
         file=sys.stderr)

@@ -86,3 +86,29 @@ def confusion_plots(results: list[dict], classes, out_dir: str, prefix: str) -> 
       f.write(metrics_lib.confusion_text(cm, classes) + "\n")
     paths.append(png)
   return paths
+
+
+def bar_plot(rows: list[dict], path: str, title: str, reference: dict | None = None) -> None:
+  """Mean ± std of every metric per variant, as grouped bars."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  x = np.arange(len(METRICS))
+  width = 0.8 / max(len(rows), 1)
+  fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(METRICS) + 0.3 * len(rows), 4))
+  for i, r in enumerate(rows):
+    ax.bar(x + (i - (len(rows) - 1) / 2) * width, [r[m] for m in METRICS], width,
+           yerr=[r[m + "_std"] for m in METRICS], capsize=3, label=r["variant"])
+  if reference:
+    for j, m in enumerate(METRICS):
+      if m in reference:
+        ax.hlines(reference[m], j - 0.45, j + 0.45, colors="k", linestyles="--",
+                  label=reference["name"] if j == 0 else None)
+  ax.set_xticks(x, METRICS)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("test score (mean ± std over folds x seeds)")
+  ax.set_title(title, fontsize=10)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

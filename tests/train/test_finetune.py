@@ -83,6 +83,8 @@ def test_tables_5_6_7_end_to_end_then_resume(ft_config, tmp_path, monkeypatch):
   for t in ("Table 5", "Table 6", "Table 7"):
     assert t in results
   assert os.path.exists(os.path.join(work, "finetune", "table5_confusion_Student_plus_MCED.png"))
+  for t in (5, 6, 7):
+    assert os.path.getsize(os.path.join(work, "finetune", f"table{t}.png")) > 1000
   rows = open(os.path.join(work, "finetune", "table5_runs.csv")).read().splitlines()
   assert len(rows) == 1 + 2  # header + 2 variants x 1 fold x 1 seed
   # exported classifiers for prediction
