@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import sys
+import types
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class Predictor:
   def __init__(self, checkpoint: str, min_seconds: float = 0.25):
     import jax  # pylint: disable=import-outside-toplevel
     from mced_jax import export  # pylint: disable=import-outside-toplevel
-    from mced_jax.models.student import Student  # pylint: disable=import-outside-toplevel
+    from mced_jax.models.student import student_from_config  # pylint: disable=import-outside-toplevel
     self.dir = resolve_checkpoint(checkpoint)
     params, meta = export.load(self.dir)
     if meta.get("kind") != "emotion_classifier":
@@ -67,11 +68,7 @@ class Predictor:
     self.std = np.asarray(meta["feature_std"], np.float32)
     self.buckets = sorted(meta.get("frame_buckets") or [1000])
     self.min_seconds = min_seconds
-    model = Student(
-        num_classes=len(self.classes), conv_channels=tuple(s["conv_channels"]),
-        conv_kernels=tuple(s["conv_kernels"]), conv_strides=tuple(s["conv_strides"]),
-        d_model=s["d_model"], num_layers=s["num_layers"], num_heads=s["num_heads"],
-        mlp_dim=s["mlp_dim"], dropout=s["dropout"], classifier_hidden=s["classifier_hidden"])
+    model = student_from_config(types.SimpleNamespace(**{**s, "num_classes": len(self.classes)}))
     self._params = jax.device_put(params)
     self._fn = jax.jit(lambda p, x, m: jax.nn.softmax(model.apply({"params": p}, x, m)[0], -1))
     self._extract = None

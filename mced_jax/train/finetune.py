@@ -120,36 +120,40 @@ def bucket_for(n: int, buckets) -> int:
   return next((b for b in buckets if b >= n), buckets[-1])
 
 
-def train_batches(corpus, ids, norm, batch_size, crop, rng, buckets=()):
+def standardize(corpus: Corpus, ids, norm) -> dict:
+  """utt_id -> standardised features, computed once per run (not every epoch)."""
+  mean, std = norm
+  return {u: (corpus.features[u] - mean) / std for u in ids}
+
+
+def train_batches(feats, labels, ids, batch_size, crop, rng, buckets=()):
   """One epoch of shuffled batches; utterances longer than `crop` frames get a
   random `crop`-frame window (augmentation). A batch is padded to the smallest
   bucket that holds it, at most `crop`: few static shapes, little padding."""
-  mean, std = norm
   order = rng.permutation(len(ids))
   for s in range(0, len(order) - batch_size + 1, batch_size):  # drop the remainder
     xs, ys = [], []
     for i in order[s: s + batch_size]:
-      x = corpus.features[ids[i]]
+      x = feats[ids[i]]
       if len(x) > crop:
         o = rng.integers(0, len(x) - crop + 1)
         x = x[o: o + crop]
-      xs.append((x - mean) / std)
-      ys.append(corpus.labels[ids[i]])
+      xs.append(x)
+      ys.append(labels[ids[i]])
     longest = max(len(x) for x in xs)
     frames = min(crop, bucket_for(longest, buckets)) if buckets else crop
     yield make_batch(xs, ys, frames, batch_size)
 
 
-def eval_batches(corpus, ids, norm, batch_size, buckets):
+def eval_batches(feats, labels, ids, batch_size, buckets):
   """Whole utterances, sorted by length, padded to the smallest fitting bucket
   (longer ones are truncated to the largest)."""
-  mean, std = norm
-  order = sorted(ids, key=lambda u: len(corpus.features[u]))
+  order = sorted(ids, key=lambda u: len(feats[u]))
   for s in range(0, len(order), batch_size):
     chunk = order[s: s + batch_size]
-    frames = bucket_for(len(corpus.features[chunk[-1]]), buckets)
-    xs = [(corpus.features[u] - mean) / std for u in chunk]
-    yield chunk, make_batch(xs, [corpus.labels[u] for u in chunk], frames, batch_size)
+    frames = bucket_for(len(feats[chunk[-1]]), buckets)
+    yield chunk, make_batch([feats[u] for u in chunk], [labels[u] for u in chunk], frames,
+                            batch_size)
 
 
 # ---------------------------------------------------------------- model
@@ -218,6 +222,7 @@ def train_run(config, corpus: Corpus, fold: protocols.Fold, seed: int, spec: Run
       num_classes=nc)
   train_ids = protocols.subsample(fold.train, corpus.labels, spec.fraction, seed)
   norm = fold_stats(corpus, train_ids)
+  feats = standardize(corpus, train_ids + fold.validation + fold.test, norm)
   cw = jnp.asarray(class_weights([corpus.labels[u] for u in train_ids], nc,
                                  f.class_weighting))
   steps_per_epoch = len(train_ids) // f.batch_size
@@ -247,7 +252,7 @@ def train_run(config, corpus: Corpus, fold: protocols.Fold, seed: int, spec: Run
 
   def evaluate(p, ids):
     probs, order = [], []
-    for chunk, batch in eval_batches(corpus, ids, norm, f.eval_batch_size,
+    for chunk, batch in eval_batches(feats, corpus.labels, ids, f.eval_batch_size,
                                      config.data.frame_buckets):
       batch = shd.global_batch({k: batch[k] for k in ("features", "frame_mask")}, mesh)
       probs.append(np.asarray(predict(p, batch))[: len(chunk)])
@@ -263,8 +268,8 @@ def train_run(config, corpus: Corpus, fold: protocols.Fold, seed: int, spec: Run
   with jax.set_mesh(mesh):
     for epoch in range(1, f.epochs + 1):
       losses = []
-      for batch in train_batches(corpus, train_ids, norm, f.batch_size, f.crop_frames, rng,
-                                 config.data.frame_buckets):
+      for batch in train_batches(feats, corpus.labels, train_ids, f.batch_size,
+                                 f.crop_frames, rng, config.data.frame_buckets):
         state, aux = step(state, shd.global_batch(batch, mesh))
         losses.append(aux["loss"])
       train_loss = float(np.mean(jax.device_get(losses)))
@@ -337,7 +342,10 @@ def run_all(config, corpus: Corpus, folds, specs, seeds, cache_dir: str,
     need_export = first and s.variant in export and not export_lib.exists(export[s.variant])
     if os.path.exists(p) and not need_export:
       with open(p, encoding="utf-8") as fh:
-        results.append(json.load(fh))
+        r = json.load(fh)
+      # A cached run is keyed by init + fraction; its name is this table's.
+      r["variant"] = s.variant
+      results.append(r)
     else:
       todo.append((s, f, seed, export[s.variant] if first and s.variant in export else None))
   if results:
@@ -349,7 +357,6 @@ def run_all(config, corpus: Corpus, folds, specs, seeds, cache_dir: str,
     bar = tqdm(total=len(todo), desc="finetune runs", unit="run", dynamic_ncols=True)
   for s, f, seed, exp in todo:
     r = train_run(config, corpus, f, seed, s, mesh, export_dir=exp)
-    # The variant name is display only; a cached run is keyed by init + fraction.
     p = run_path(cache_dir, s, f, seed)
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -365,8 +372,4 @@ def run_all(config, corpus: Corpus, folds, specs, seeds, cache_dir: str,
       bar.set_postfix(last=f"{s.variant} {f.name} UAR {r['test']['UAR']:.3f}", refresh=False)
   if bar is not None:
     bar.close()
-  by_key = {(s.key, f.name, seed): s.variant for s, f, seed in jobs}
-  for r in results:  # cached runs take the display name of this table's spec
-    r["variant"] = by_key.get((RunSpec(r["variant"], r["init"], r["fraction"]).key,
-                               r["fold"], r["seed"]), r["variant"])
   return results
