@@ -19,6 +19,12 @@ def get_config(arg: str | None = None):
   # Compute dtype: "float32" or "bfloat16" (bf16 matmuls, fp32 master weights,
   # fp32 losses/softmax).
   c.dtype = "float32"
+  # How matmuls/convolutions run (mced_jax/models/matmul.py). "auto": bfloat16 on
+  # CPU becomes "cpu_bf16" -- fp32 activations and elementwise math, bf16 operands
+  # with fp32 accumulation in every dense layer and conv (XLA:CPU runs those dots
+  # ~2x faster than fp32, but bf16 elementwise work slower); elsewhere "xla":
+  # the models in the compute dtype on XLA's own dots/convs.
+  c.matmul = "auto"
 
   # Multi-host (see mced_jax/distributed.py and the README's "Scaling out").
   c.distributed = mlc.ConfigDict()

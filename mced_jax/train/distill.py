@@ -26,6 +26,7 @@ from mced_jax import losses
 from mced_jax import metrics as metrics_lib
 from mced_jax import preemption
 from mced_jax import sharding as shd
+from mced_jax.models import matmul as matmul_lib
 from mced_jax.models import soft_align as soft_align_lib
 from mced_jax.models import student as student_lib
 from mced_jax.models import teacher as teacher_lib
@@ -169,19 +170,23 @@ class Distiller:
       rng = jax.random.fold_in(base_rng, state.step)
       (_, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
           state.params, teacher_params, batch, rng)
-      updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
       grad_norm = optax.tree.norm(grads)
       # A NaN/Inf loss or gradient must never reach the weights: such a step keeps
       # the old parameters and optimizer state and is counted (the host then skips
-      # on or stops, per distill.on_nonfinite).
+      # on or stops, per distill.on_nonfinite). A cond, not an elementwise select
+      # over every weight and moment: only the taken branch runs.
       finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
-      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+      def apply_update(_):
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
+
+      params, opt_state = jax.lax.cond(finite, apply_update,
+                                       lambda _: (state.params, state.opt_state), None)
       aux["grad_norm"] = grad_norm
       aux["lr"] = self.schedule(state.step)
       aux["nonfinite_steps"] = state.nonfinite_steps + (~finite).astype(jnp.int32)
-      return state.replace(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state),
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                            nonfinite_steps=aux["nonfinite_steps"]), aux
 
     self.train_step = jax.jit(
@@ -193,18 +198,22 @@ class Distiller:
 def build(config, mesh=None, teacher=None) -> Distiller:
   """Builds models, optimizer and teacher weights (placed replicated on the mesh)."""
   dtype = compute_dtype(config.dtype)
+  # cpu_bf16 (bf16 on CPU): modules compute in fp32, matmul operands are bf16.
+  impl = matmul_lib.implementation(config.matmul, dtype)
+  mdtype = matmul_lib.module_dtype(impl, dtype)
   mesh = mesh if mesh is not None else shd.make_mesh(config.mesh.data, config.mesh.model)
   if teacher is None:
-    teacher = teacher_lib.load_teacher(config.teacher, dtype=dtype, seed=config.seed)
-  elif teacher.module.dtype != dtype:
-    teacher = dataclasses.replace(teacher, module=teacher.module.clone(dtype=dtype))
+    teacher = teacher_lib.load_teacher(config.teacher, dtype=mdtype, seed=config.seed)
+  elif teacher.module.dtype != mdtype:
+    teacher = dataclasses.replace(teacher, module=teacher.module.clone(dtype=mdtype))
+  teacher = dataclasses.replace(teacher, matmul=impl)
   validate_layers(config, teacher.num_layers)
   if config.student.num_classes != teacher.config.num_labels:
     raise ValueError(f"student.num_classes={config.student.num_classes} but the teacher "
                      f"has {teacher.config.num_labels} labels: RL needs the same classes")
-  student = student_lib.student_from_config(config.student, dtype=dtype)
+  student = student_lib.student_from_config(config.student, dtype=mdtype, matmul=impl)
   align = soft_align_lib.SoftAlignSet(teacher.hidden_size, len(config.distill.lambdas),
-                                      dtype=dtype)
+                                      dtype=mdtype, matmul=impl)
   schedule = lr_schedule(config.distill)
   tx = make_optimizer(config.distill, schedule)
   t_params = teacher.params
