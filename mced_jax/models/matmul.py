@@ -57,52 +57,25 @@ def module_dtype(impl: str, dtype):
   return jnp.float32 if impl == "cpu_bf16" else dtype
 
 
-@jax.custom_vjp
-def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [..., K] @ w [K, N] with bf16 operands and fp32 accumulation, in x's dtype."""
-  return _mm(x, w)
-
-
-def _mm(x, w):
-  y = jnp.einsum("...k,kn->...n", x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
-                 preferred_element_type=jnp.float32)
-  return y.astype(x.dtype)
-
-
-def _matmul_fwd(x, w):
-  # Keep the bf16 copies for the backward pass (half the memory of fp32 ones).
-  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-  y = jnp.einsum("...k,kn->...n", xb, wb, preferred_element_type=jnp.float32)
-  return y.astype(x.dtype), (xb, wb, jnp.zeros((), x.dtype), jnp.zeros((), w.dtype))
-
-
-def _matmul_bwd(res, g):
-  xb, wb, x_like, w_like = res
-  gb = g.astype(jnp.bfloat16)
-  dx = jnp.einsum("...n,kn->...k", gb, wb, preferred_element_type=jnp.float32)
-  # Contracting over all leading axes at once (not a reshaped 2-D x^T g) is the
-  # form XLA:CPU runs on its fast bf16 kernel.
-  lead = "abcdefgh"[: xb.ndim - 1]
-  dw = jnp.einsum(f"{lead}k,{lead}n->kn", xb, gb, preferred_element_type=jnp.float32)
-  return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _bilinear(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-  return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
-                    preferred_element_type=jnp.float32)
+def _bf16_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+  """einsum(spec, a, b) on bf16 operands with fp32 accumulation and output."""
+  return _bf16_einsum_fwd(spec, a, b)[0]
 
 
-def _bilinear_fwd(spec, a, b):
+def _bf16_einsum_fwd(spec, a, b):
+  # The bf16 copies are what the backward pass needs (half the memory of fp32).
   ab, bb = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
   out = jnp.einsum(spec, ab, bb, preferred_element_type=jnp.float32)
   return out, (ab, bb, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
 
 
-def _bilinear_bwd(spec, res, g):
+def _bf16_einsum_bwd(spec, res, g):
+  """Both gradients are einsums of the same fast kind (autodiff alone would emit
+  fp32 x bf16 dots, which run at the slow rate). Valid when every index appears in
+  at least two of the three terms: then da = einsum(out, b -> a), db = einsum(a, out -> b).
+  For a dense layer ("...k,kn->...n") db contracts all leading axes in one dot,
+  the form XLA:CPU runs on its fast bf16 kernel."""
   ab, bb, a_like, b_like = res
   lhs, out = spec.split("->")
   sa, sb = lhs.split(",")
@@ -112,16 +85,21 @@ def _bilinear_bwd(spec, res, g):
   return da.astype(a_like.dtype), db.astype(b_like.dtype)
 
 
-_bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
+_bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
+
+
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., K] @ w [K, N] with bf16 operands and fp32 accumulation, in x's dtype."""
+  return _bf16_einsum("...k,kn->...n", x, w).astype(x.dtype)
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, impl: str) -> jax.Array:
   """Two-operand einsum with fp32 output (attention scores and mixing).
 
   Under "cpu_bf16" the operands are rounded to bf16 and the gradient is the same
-  kind of fast einsum (valid because every index appears in at least two of the
-  three terms, which is checked); under "xla" it is jnp.einsum in the operands'
-  dtype with fp32 accumulation.
+  kind of fast einsum (which needs every index in at least two of the three terms:
+  checked); under "xla" it is jnp.einsum in the operands' dtype with fp32
+  accumulation.
   """
   if impl != "cpu_bf16":
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
@@ -130,7 +108,7 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, impl: str) -> jax.Array:
   terms = (sa, sb, out)
   if any(sum(c in t for t in terms) < 2 for c in set(sa + sb + out)):
     raise ValueError(f"einsum {spec!r}: every index must appear in at least two terms")
-  return _bilinear(f"{sa},{sb}->{out}", a, b)
+  return _bf16_einsum(f"{sa},{sb}->{out}", a, b)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
@@ -181,9 +159,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, preferred_element_type=None, **kwargs):
   """Drop-in for `lax.conv_general_dilated` in flax's 1-D nn.Conv (`conv_general_dilated=`).
 
-  y[t] = sum_i x_padded[t * stride + i] @ W[i], on `matmul`. Only the layout flax uses for 1-D inputs (NWC, WIO), explicit
-  padding, no dilation and no groups are supported; anything else is an error
-  rather than a silent fallback, so a config change cannot quietly lose speed.
+  y[t] = sum_i x_padded[t * stride + i] @ W[i], on `matmul`. Only the layout flax
+  uses for 1-D inputs (NWC, WIO), explicit padding, no dilation and no groups are
+  supported; anything else is an error rather than a silent fallback, so a config
+  change cannot quietly lose speed.
   """
   del precision, kwargs
   unsupported = []

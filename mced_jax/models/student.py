@@ -156,10 +156,10 @@ class Student(nn.Module):
     neg = jnp.finfo(x.dtype).min
     pooled = jnp.where(mask[..., None], x, neg).max(axis=1)
     pooled = jnp.where(mask.any(axis=1, keepdims=True), pooled, 0)
-    h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1")(pooled)
+    h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1", **mm)(pooled)
     h = nn.relu(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc_2")(h)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc_2", **mm)(h)
     return logits.astype(jnp.float32), hidden, mask
 
 

@@ -204,9 +204,8 @@ def build(config, mesh=None, teacher=None) -> Distiller:
   mesh = mesh if mesh is not None else shd.make_mesh(config.mesh.data, config.mesh.model)
   if teacher is None:
     teacher = teacher_lib.load_teacher(config.teacher, dtype=mdtype, seed=config.seed)
-  elif teacher.module.dtype != mdtype:
-    teacher = dataclasses.replace(teacher, module=teacher.module.clone(dtype=mdtype))
-  teacher = dataclasses.replace(teacher, matmul=impl)
+  module = teacher.module if teacher.module.dtype == mdtype else teacher.module.clone(dtype=mdtype)
+  teacher = dataclasses.replace(teacher, module=module, matmul=impl)
   validate_layers(config, teacher.num_layers)
   if config.student.num_classes != teacher.config.num_labels:
     raise ValueError(f"student.num_classes={config.student.num_classes} but the teacher "

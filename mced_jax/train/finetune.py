@@ -16,6 +16,7 @@ utterances (as a classic pipeline would).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -30,10 +31,11 @@ from mced_jax import export as export_lib
 from mced_jax import metrics as metrics_lib
 from mced_jax import protocols
 from mced_jax import sharding as shd
+from mced_jax.models import matmul as matmul_lib
 from mced_jax.models import student as student_lib
+from mced_jax.train import distill
 from mced_jax.train import text_common as tc
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 HEAD = ("fc_1", "fc_2")  # the classifier: always new when fine-tuning
 
 
@@ -208,7 +210,6 @@ class RunSpec:
 
 
 def _short_hash(s: str) -> str:
-  import hashlib  # pylint: disable=import-outside-toplevel
   return hashlib.sha1(os.path.abspath(s).encode()).hexdigest()[:8]
 
 
@@ -216,10 +217,12 @@ def train_run(config, corpus: Corpus, fold: protocols.Fold, seed: int, spec: Run
               mesh, export_dir: str | None = None) -> dict:
   """Trains one run; returns its result (best-validation epoch's scores)."""
   f = config.finetune
-  dtype = DTYPES[config.dtype]
+  dtype = distill.compute_dtype(config.dtype)
+  impl = matmul_lib.implementation(config.matmul, dtype)  # as in distillation
   nc = len(corpus.classes)
-  student = student_lib.student_from_config(config.student, dtype=dtype).clone(
-      num_classes=nc)
+  student = student_lib.student_from_config(
+      config.student, dtype=matmul_lib.module_dtype(impl, dtype), matmul=impl).clone(
+          num_classes=nc)
   train_ids = protocols.subsample(fold.train, corpus.labels, spec.fraction, seed)
   norm = fold_stats(corpus, train_ids)
   feats = standardize(corpus, train_ids + fold.validation + fold.test, norm)
@@ -310,7 +313,6 @@ def train_run(config, corpus: Corpus, fold: protocols.Fold, seed: int, spec: Run
 def fingerprint(config, corpus: Corpus, protocol: str) -> str:
   """Runs are cached per fine-tuning setup: a changed hyperparameter, architecture,
   corpus or protocol starts a fresh cache instead of mixing results."""
-  import hashlib  # pylint: disable=import-outside-toplevel
   f = config.finetune
   setup = {"finetune": {k: f[k] for k in ("epochs", "batch_size", "learning_rate",
                                           "weight_decay", "warmup_epochs", "crop_frames",
