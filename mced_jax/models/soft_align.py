@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mced_jax.models import matmul as matmul_lib
+from mced_jax.models.activations import gelu
 
 Dtype = Any
 
@@ -32,10 +33,8 @@ class SoftAlign(nn.Module):
     d_t = self.teacher_dim
     mm = matmul_lib.layer_kwargs(self.matmul)
     q = nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_q", **mm)(h_teacher)
-    k = nn.gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_k", **mm)(h_student),
-                approximate=False)
-    v = nn.gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_v", **mm)(h_student),
-                approximate=False)
+    k = gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_k", **mm)(h_student))
+    v = gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_v", **mm)(h_student))
     # Scores and softmax in fp32: the softmax over hundreds of frames is the one place
     # where bf16 rounding visibly changes the alignment.
     scores = matmul_lib.einsum("btd,bsd->bts", q, k, self.matmul)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mced_jax.models import matmul as matmul_lib
+from mced_jax.models.activations import gelu
 from mced_jax.models.dropout import Dropout  # hash-based mask: cheap on CPU
 
 Dtype = Any
@@ -71,7 +72,7 @@ class ConvBlock(nn.Module):
       # Explicit padding can leave one surplus output frame; keep shapes in sync.
       x = x[:, : mask.shape[1]]
       x = nn.LayerNorm(dtype=self.dtype, name=f"ln_{i}")(x)
-      x = nn.gelu(x, approximate=False)
+      x = gelu(x)
     x = jnp.where(mask[..., None], x, 0)
     return x, mask
 
@@ -101,7 +102,7 @@ class EncoderLayer(nn.Module):
     x = x + o
     h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in", **mm)(h)
-    h = nn.gelu(h, approximate=False)
+    h = gelu(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)
     h = nn.Dense(self.d_model, dtype=self.dtype, name="mlp_out", **mm)(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)
