@@ -24,8 +24,10 @@ run: venv
 benchmark: venv
 	$(PYTHON) -m mced_jax.main --config=configs/benchmark.py --workdir=runs/benchmark
 
+# Two workers (the tests compile and spawn processes; one core each is the sweet
+# spot on 2 cores); a test file's tests stay on one worker (shared fixtures).
 test: venv
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf runs

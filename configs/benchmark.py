@@ -15,6 +15,8 @@ import mced  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def get_config(arg: str | None = None):
+  if arg not in (None, "", "tiny", "scaling"):
+    raise ValueError(f"unknown variant {arg!r}; known: tiny, scaling")
   c = mced.get_config("tiny" if arg == "tiny" else None)
   c.stages = "benchmark"
   if arg == "tiny":
@@ -30,4 +32,9 @@ def get_config(arg: str | None = None):
   c.benchmark.tokens = 32
   c.benchmark.warmup_steps = 2
   c.benchmark.timed_steps = 10
+  if arg == "scaling":  # python -m mced_jax.scaling measure: one device per process
+    c.benchmark.dtypes = ("float32",)
+    c.benchmark.warmup_steps = 1
+    c.benchmark.timed_steps = 5
+    c.benchmark.collectives = True
   return c

@@ -16,14 +16,13 @@ def get_config(arg: str | None = None):
   # the student (results.md). Every stage skips or resumes finished work.
   c.stages = "data,teacher_cls,distill,finetune"
   c.seed = 0
-  # Compute dtype: "float32" or "bfloat16" (bf16 matmuls, fp32 master weights,
-  # fp32 losses/softmax).
-  c.dtype = "float32"
-  # How matmuls/convolutions run (mced_jax/models/matmul.py). "auto": bfloat16 on
-  # CPU becomes "cpu_bf16" -- fp32 activations and elementwise math, bf16 operands
-  # with fp32 accumulation in every dense layer and conv (XLA:CPU runs those dots
-  # ~2x faster than fp32, but bf16 elementwise work slower); elsewhere "xla":
-  # the models in the compute dtype on XLA's own dots/convs.
+  # The precision policy (mced_jax/precision.py), resolved once per run:
+  # "float32"; "bfloat16" (bf16 matmuls, fp32 master weights, fp32 losses/softmax);
+  # "auto" = bf16 on GPU/TPU, and on a CPU only where it has bf16 units
+  # (avx512_bf16/AMX) -- elsewhere XLA:CPU's bf16 ran at 0.9x fp32 -- else fp32.
+  c.dtype = "auto"
+  # bf16 on a CPU runs "cpu_bf16" (models/matmul.py: fp32 activations, bf16
+  # operands with fp32 accumulation); "xla" forces XLA's own bf16 kernels there.
   c.matmul = "auto"
 
   # Multi-host (see mced_jax/distributed.py and the README's "Scaling out").
@@ -35,10 +34,14 @@ def get_config(arg: str | None = None):
   c.distributed.cpu_collectives = "gloo"  # collectives for CPU devices across hosts
   c.distributed.timeout_s = 300
 
+  # The batch is split over data x fsdp; trainable weights and Adam moments are
+  # sharded over fsdp (mced_jax/sharding.py). dcn_data > 1 spreads the data axis
+  # over that many slices/nodes (hybrid mesh); fsdp stays inside one.
   c.mesh = mlc.ConfigDict()
-  c.mesh.data = -1  # -1: all devices not used by `model`
-  c.mesh.model = 1
-  c.mesh.fsdp = False  # shard student params + Adam moments over `model`
+  c.mesh.data = -1  # -1: all devices not used by fsdp
+  c.mesh.fsdp = 1
+  c.mesh.dcn_data = 1
+  c.mesh.devices = -1  # -1: every device; N > 0: the first N (one-process jobs only)
 
   # ---------------- teacher (paper 2.1) ----------------
   c.teacher = mlc.ConfigDict()
@@ -69,6 +72,9 @@ def get_config(arg: str | None = None):
   c.teacher_mlm.learning_rate = 5e-5  # CHOICE: standard continued-pretraining rate
   c.teacher_mlm.warmup_ratio = 0.06
   c.teacher_mlm.weight_decay = 0.01
+  c.teacher_mlm.b2 = 0.999  # BERT's AdamW
+  c.teacher_mlm.log_every = 50
+  c.teacher_mlm.on_nonfinite = "skip"
   c.teacher_mlm.max_tokens = 64
   c.teacher_mlm.buckets = (16, 32, 64)
   c.teacher_mlm.heldout_fraction = 0.05
@@ -91,6 +97,9 @@ def get_config(arg: str | None = None):
   c.teacher_cls.learning_rate = 1e-4  # CHOICE: small (MiniLM) models like 1e-4
   c.teacher_cls.warmup_ratio = 0.06
   c.teacher_cls.weight_decay = 0.01
+  c.teacher_cls.b2 = 0.999  # BERT's AdamW
+  c.teacher_cls.log_every = 50
+  c.teacher_cls.on_nonfinite = "skip"
   c.teacher_cls.max_tokens = 64
   c.teacher_cls.buckets = (16, 32, 64)  # static lengths: 3 compiled shapes
   c.teacher_cls.eval_batch_size = 128
@@ -154,8 +163,9 @@ def get_config(arg: str | None = None):
   # ---------------- input ----------------
   c.data = mlc.ConfigDict()
   # "synthetic": random SYNTHETIC pairs (plumbing, benchmarks);
-  # "tfrecord": a corpus prepared by `python -m data_pipelines.prepare` at data.path.
-  c.data.source = "tfrecord"
+  # "prepared": a corpus prepared by `python -m data_pipelines.prepare` (data.path),
+  # read through the global batch plan (data_pipelines/batch_plan.py).
+  c.data.source = "prepared"
   # The `data` stage prepares this corpus: "demo" (generated here, a plumbing demo),
   # or an adapter (manifest, ljspeech, ravdess, iemocap, meld) reading data.root.
   c.data.corpus = "demo"
@@ -165,15 +175,14 @@ def get_config(arg: str | None = None):
   c.data.extra_corpora = ""
   c.data.path = ""  # prepared dataset dir; "" = WORKDIR/data/<corpus>
   c.data.demo_per_class_per_voice = 12  # 5 classes x 6 voices x 12 = 360 pairs
-  c.data.feature_dtype = "float16"  # TFRecords hold standardised features in fp16
+  c.data.feature_dtype = "float16"  # shards hold standardised features in fp16
   c.data.min_pair_seconds = 1.5  # paper 3.1.2: pairs under 1.5 s are dropped
   c.data.min_pair_words = 2  # paper 3.1.2: one-word transcripts are dropped
   c.data.split = "train"
   # CHOICE: 3 static frame buckets bound recompilation to 3 shapes while padding
   # wastes < 2x on short clips.
   c.data.frame_buckets = (250, 500, 1000)
-  c.data.cache = False  # keep decoded examples in memory (small corpora)
-  c.data.shuffle_buffer = 2048
+  c.data.reader_threads = 4  # grain threads reading a host's rows ahead of the step
   # CHOICE: 10 s of audio (1000 frames at 100/s) and 64 WordPieces cover >95 % of
   # movie-subtitle utterances; longer ones are truncated.
   c.data.max_frames = 1000
@@ -212,6 +221,12 @@ def get_config(arg: str | None = None):
   c.finetune.learning_rate = 2e-4
   c.finetune.warmup_epochs = 1.0
   c.finetune.weight_decay = 0.01
+  c.finetune.b2 = 0.999  # optax's AdamW default
+  # CHOICE: "fold" standardises every utterance with the fold's training speakers'
+  # statistics (a classic pipeline); "speaker" gives each speaker its own (no labels,
+  # no other speaker's data: legitimate for unseen test speakers too).
+  c.finetune.normalize = "fold"
+  c.finetune.on_nonfinite = "skip"  # a NaN/Inf batch is skipped (counted), or "stop"
   # CHOICE: random 3 s windows in training (augmentation; one static shape);
   # evaluation sees whole utterances padded to data.frame_buckets.
   c.finetune.crop_frames = 300
@@ -226,8 +241,14 @@ def get_config(arg: str | None = None):
   c.benchmark = mlc.ConfigDict()
   c.benchmark.batch_sizes = (16,)
   c.benchmark.dtypes = ("float32",)
-  c.benchmark.meshes = ("-1x1",)  # "DATAxMODEL"; -1 = all remaining devices
-  c.benchmark.fsdp = False
+  c.benchmark.meshes = ("-1x1",)  # "DATAxFSDP"; -1 = all remaining devices
+  # "synthetic": the step on one synthetic batch; "prepared": also the input
+  # pipeline on the prepared dataset at benchmark.data_path (loader alone, and the
+  # step fed by it vs a fixed batch).
+  c.benchmark.input = "synthetic"
+  c.benchmark.data_path = ""
+  c.benchmark.reader_batches = 200
+  c.benchmark.collectives = False  # also time one all-reduce of the gradient bytes
   c.benchmark.frames = 400
   c.benchmark.tokens = 32
   c.benchmark.warmup_steps = 2

@@ -195,15 +195,18 @@ def generate(out_dir: str, per_class_per_voice: int = 12, seed: int = 0,
   return manifest
 
 
-def main(argv=None):
-  import argparse  # pylint: disable=import-outside-toplevel
-  p = argparse.ArgumentParser(description="Generate the espeak-ng demo corpus")
-  p.add_argument("--out", default="runs/demo_corpus")
-  p.add_argument("--per_class_per_voice", type=int, default=12)
-  a = p.parse_args(argv)
-  path = generate(a.out, a.per_class_per_voice)
+def main(argv) -> str:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FlagValues()
+  flags.DEFINE_string("out", "runs/demo_corpus", "output directory", flag_values=fv)
+  flags.DEFINE_integer("per_class_per_voice", 12, "sentences per class and voice",
+                       flag_values=fv)
+  fv(list(argv))
+  path = generate(fv.out, fv.per_class_per_voice)
   print(f"wrote {path}")
+  return path
 
 
 if __name__ == "__main__":
-  main()
+  import sys  # pylint: disable=ungrouped-imports
+  main(sys.argv)

@@ -1,11 +1,13 @@
-"""Corpus -> IS16 features -> WordPiece ids -> TFRecords (TFDS), with a report.
+"""Corpus -> IS16 features -> WordPiece ids -> TFDS ArrayRecord shards, with a report.
 
     python -m data_pipelines.prepare --corpus=ravdess \
         --root=../shared/data/audio/ravdess_5class --out=data/ravdess
 
-Layout of `--out`:
-  features/            one .npy per utterance (cache; a re-run skips what exists)
-  tfds/mced_pairs/<name>/1.0.0/   the TFRecord shards + dataset_info.json
+Layout of `--out` (read back by data_pipelines/dataset.py, the one reader):
+  features/            one raw .npy per utterance (extraction cache; a re-run skips
+                       what exists)
+  tfds/mced_pairs/<name>/1.0.0/   ArrayRecord shards + dataset_info.json, written by
+                       a TFDS builder in records.jsonl order (random access)
   feature_stats.json   per-dimension mean/std over the train split (for normalising)
   records.jsonl        the kept utterances (id, split, label, speaker, session, ...)
   report.json          counts, skipped items with their reasons, real-time factor
@@ -20,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -127,7 +128,8 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
                     description=f"MCED utterances of corpus {opts.name}")
   builder = MCEDPairs(records_by_split=splits, cache_dir=cache, tokens_by_id=tokens,
                       normalize=(mean, std) if stored == "normalized" else None,
-                      data_dir=os.path.join(out_dir, "tfds"), config=cfg)
+                      data_dir=os.path.join(out_dir, "tfds"), config=cfg,
+                      file_format="array_record")
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False,
                                                    manual_dir=opts.manual_dir))
@@ -162,51 +164,48 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
   return report
 
 
-def load_records(out_dir: str) -> list[dict]:
-  with open(os.path.join(out_dir, "records.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def _flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from data_pipelines.corpora import CORPORA  # pylint: disable=import-outside-toplevel
+  fv = flags.FlagValues()
+  flags.DEFINE_enum("corpus", None, sorted(CORPORA), "corpus (data_pipelines/corpora.py)",
+                    flag_values=fv)
+  flags.DEFINE_string("root", None, "corpus directory (or manifest file)", flag_values=fv)
+  flags.DEFINE_string("out", None, "output directory", flag_values=fv)
+  flags.DEFINE_string("name", None, "dataset name (default: the corpus)", flag_values=fv)
+  flags.DEFINE_string("labels", None, "comma-separated class names (manifest); empty = "
+                      "unlabelled", flag_values=fv)
+  flags.DEFINE_enum("feature_dtype", "float16", ["float16", "float32"],
+                    "float16: standardised features (half the I/O); float32: raw",
+                    flag_values=fv)
+  flags.DEFINE_integer("max_tokens", 64, "WordPiece truncation", flag_values=fv)
+  flags.DEFINE_string("vocab", None, "vocab.txt or teacher dir", flag_values=fv)
+  flags.DEFINE_integer("workers", 0, "extraction processes (0: all cores)", flag_values=fv)
+  flags.DEFINE_enum("filter_pairs", None, ["true", "false"], "the paper's pair filter "
+                    "(default: on for pair corpora)", flag_values=fv)
+  return fv
 
 
-CORPORA = {
-    # name: (adapter kwargs builder, label names, filter_pairs)
-    "ravdess": (("neutral", "happy", "sad", "angry", "surprised"), False),
-    "iemocap": (("neutral", "happy", "angry", "sad"), False),
-    "meld": (("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"), False),
-    "ljspeech": ((), True),
-    "manifest": (None, True),
-}
-
-
-def main(argv=None):
-  import argparse  # pylint: disable=import-outside-toplevel
-  from data_pipelines.adapters import ADAPTERS  # pylint: disable=import-outside-toplevel
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--corpus", required=True, choices=sorted(ADAPTERS))
-  p.add_argument("--root", required=True, help="corpus directory (or manifest file)")
-  p.add_argument("--out", required=True)
-  p.add_argument("--name", default=None, help="dataset name (default: the corpus)")
-  p.add_argument("--labels", default=None,
-                 help="comma-separated class names (manifest); empty = unlabelled")
-  p.add_argument("--feature_dtype", default="float16", choices=["float16", "float32"])
-  p.add_argument("--max_tokens", type=int, default=64)
-  p.add_argument("--vocab", default=None, help="vocab.txt or teacher dir")
-  p.add_argument("--workers", type=int, default=0)
-  p.add_argument("--filter_pairs", default=None, choices=["true", "false"])
-  a = p.parse_args(argv)
-  labels, filt = CORPORA[a.corpus]
-  if a.labels is not None:
-    labels = tuple(x for x in a.labels.split(",") if x)
-  if labels is None:
-    labels = ()
-  if a.filter_pairs is not None:
-    filt = a.filter_pairs == "true"
-  records = ADAPTERS[a.corpus](a.root)
-  opts = PrepareOptions(name=a.name or a.corpus, label_names=tuple(labels),
-                        feature_dtype=a.feature_dtype, max_tokens=a.max_tokens,
-                        vocab=a.vocab, num_workers=a.workers, filter_pairs=filt,
-                        manual_dir=a.root if a.corpus in ("iemocap", "meld") else None)
-  prepare(records, a.out, opts)
+def main(argv) -> dict:
+  """argv: [program, --corpus=NAME, --root=DIR, --out=DIR, ...] (absl flag syntax)."""
+  from data_pipelines import corpora  # pylint: disable=import-outside-toplevel
+  f = _flags()
+  rest = f(list(argv))
+  if len(rest) > 1 or not (f.corpus and f.root and f.out):
+    raise ValueError("usage: python -m data_pipelines.prepare --corpus=NAME --root=DIR "
+                     "--out=DIR [--labels=a,b] [--feature_dtype=float32] ...")
+  corpus = corpora.get(f.corpus)
+  labels = corpus.classes if not corpus.pairs else ()
+  if f.labels is not None:
+    labels = tuple(x for x in f.labels.split(",") if x)
+  filt = corpus.pairs if f.filter_pairs is None else f.filter_pairs == "true"
+  opts = PrepareOptions(name=f.name or f.corpus, label_names=tuple(labels or ()),
+                        feature_dtype=f.feature_dtype, max_tokens=f.max_tokens,
+                        vocab=f.vocab, num_workers=f.workers, filter_pairs=filt,
+                        manual_dir=f.root if corpus.licensed else None)
+  return prepare(corpus.read(f.root), f.out, opts)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  import sys  # pylint: disable=ungrouped-imports
+  main(sys.argv)

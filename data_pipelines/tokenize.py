@@ -90,9 +90,10 @@ class WordPiece:
       ids = ids[: self.max_tokens - 1] + [self.tok.sep_token_id]
     return np.asarray(ids, np.int32), truncated
 
-  def encode_batch(self, texts, max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Padded [N, max_tokens] ids and attention mask."""
-    n = max_tokens or self.max_tokens
-    enc = self.tok(list(texts), padding="max_length", truncation=True, max_length=n,
-                   return_tensors="np")
-    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+  def encode_many(self, texts, clean: bool = False) -> list[np.ndarray]:
+    """[CLS] ... [SEP] ids per text (int32), truncated to max_tokens; `clean` repairs
+    the transcripts first (clean_text)."""
+    texts = [clean_text(t) for t in texts] if clean else list(texts)
+    enc = self.tok(texts, add_special_tokens=True, truncation=True,
+                   max_length=self.max_tokens)["input_ids"]
+    return [np.asarray(e, np.int32) for e in enc]

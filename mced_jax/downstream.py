@@ -15,39 +15,128 @@ tables (e.g. Student-MCED on all data) are trained once.
 from __future__ import annotations
 
 import copy
-import os
+import dataclasses
+import hashlib
+import json
 import textwrap
+import time
 
+import jax
 from absl import logging
 
+from mced_jax import export as export_lib
+from mced_jax import fs
+from mced_jax import labelled
 from mced_jax import protocols
 from mced_jax import report
-from mced_jax.train import finetune as ft
+from mced_jax import sharding as shd
 
 SCRATCH, MCED = "Student−MCED", "Student+MCED"
 
 
-def corpus_path(config, workdir: str) -> str:
+@dataclasses.dataclass
+class RunSpec:
+  variant: str  # a display name, e.g. "Student+MCED"
+  init_dir: str | None  # distilled student export, or None (from scratch)
+  fraction: float = 1.0  # of the training utterances (Table 7)
+
+  @property
+  def key(self) -> str:
+    """Directory name of the run cache: same init + fraction = same runs."""
+    init = "scratch" if not self.init_dir else (
+        fs.basename(fs.dirname(fs.abspath(self.init_dir))) + "-" +
+        hashlib.sha1(fs.abspath(self.init_dir).encode()).hexdigest()[:8])
+    return f"{init}_frac{self.fraction:.3g}"
+
+
+def fingerprint(config, corpus, protocol: str) -> str:
+  """Runs are cached per fine-tuning setup: a changed hyperparameter, architecture,
+  corpus or protocol starts a fresh cache instead of mixing results."""
+  f = config.finetune
+  keys = ["epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "b2",
+          "crop_frames", "class_weighting", "select_metric", "normalize"]
+  setup = {"finetune": {k: f[k] for k in keys},
+           "student": export_lib.student_dict(config.student), "dtype": config.dtype,
+           "corpus": fs.abspath(corpus.path), "classes": list(corpus.classes),
+           "protocol": protocol, "buckets": list(config.data.frame_buckets)}
+  return hashlib.sha1(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def corpus_path(config, layout) -> str:
   """The labelled corpus's prepared dir; prepares `finetune.corpus` on first use."""
   f = config.finetune
-  if f.data_path:
-    return os.path.abspath(f.data_path)
-  if not f.corpus:
-    return os.path.join(workdir, "data", config.data.corpus)
-  path = os.path.join(workdir, "data", f.corpus)
-  if not os.path.exists(os.path.join(path, "records.jsonl")):
-    from data_pipelines.adapters import ADAPTERS  # pylint: disable=import-outside-toplevel
-    from data_pipelines.prepare import CORPORA, PrepareOptions, prepare  # pylint: disable=import-outside-toplevel
-    if f.corpus not in ADAPTERS or not f.root:
-      raise ValueError(f"finetune.corpus={f.corpus!r} needs an adapter of "
-                       f"{', '.join(ADAPTERS)} and --config.finetune.root=<corpus dir>")
-    labels, _ = CORPORA[f.corpus]
-    logging.info("finetune: preparing %s from %s into %s", f.corpus, f.root, path)
-    prepare(ADAPTERS[f.corpus](f.root), path,
-            PrepareOptions(name=f.corpus, label_names=tuple(labels or ()),
-                           require_text=False, max_tokens=config.data.max_tokens,
-                           manual_dir=f.root if f.corpus in ("iemocap", "meld") else None))
+  path = layout.finetune_corpus(config)
+  if f.data_path or not f.corpus or fs.exists(fs.join(path, "records.jsonl")):
+    return path
+  from data_pipelines import corpora  # pylint: disable=import-outside-toplevel
+  from data_pipelines.stage import prepare_corpus  # pylint: disable=import-outside-toplevel
+  corpus = corpora.get(f.corpus)
+  if not f.root:
+    raise ValueError(f"finetune.corpus={f.corpus!r} needs --config.finetune.root=<corpus dir>")
+  logging.info("finetune: preparing %s from %s into %s", f.corpus, f.root, path)
+  # CHOICE: labelled corpora are small and re-standardised per fold or speaker, so
+  # they keep raw float32 features (no float16 rounding).
+  prepare_corpus(corpus, f.root, path, require_text=False, feature_dtype="float32",
+                 max_tokens=config.data.max_tokens)
   return path
+
+
+def run_all(config, layout, corpus, folds, specs, seeds, cache_dir: str,
+            export: dict | None = None) -> list[dict] | None:
+  """Every (spec, fold, seed) run, reusing the ones cached in `cache_dir`.
+  `export` maps a variant name to the directory its first fold/seed's model is
+  exported to. Returns None when a stop signal interrupted a run (re-run to resume)."""
+  from mced_jax.train import finetune as ft  # pylint: disable=import-outside-toplevel
+  f = config.finetune
+  mesh = shd.from_config(config.mesh)
+  for b in (f.batch_size, f.eval_batch_size):
+    shd.check_batch(b, mesh)
+  export = export or {}
+  results, todo = [], []
+  for s in specs:
+    for fold in folds:
+      for seed in seeds:
+        path = fs.join(cache_dir, s.key, fold.name, f"seed{seed}.json")
+        first = fold is folds[0] and seed == seeds[0]
+        exp = export.get(s.variant) if first else None
+        if fs.exists(path) and not (exp and not export_lib.exists(exp)):
+          results.append(dict(fs.read_json(path), variant=s.variant))  # this table's name
+        else:
+          todo.append((s, fold, seed, exp, path))
+  if results:
+    logging.info("finetune: %d of %d runs already done (cached in %s)", len(results),
+                 len(results) + len(todo), cache_dir)
+  bar = None
+  if todo and jax.process_index() == 0:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=len(todo), desc="finetune runs", unit="run", dynamic_ncols=True)
+  for s, fold, seed, exp, path in todo:
+    t0 = time.perf_counter()
+    meta = {"kind": "emotion_classifier", "student": {
+        **export_lib.student_dict(config.student), "num_classes": len(corpus.classes)},
+            "classes": list(corpus.classes), "frame_buckets": list(config.data.frame_buckets),
+            "variant": s.variant, "fold": fold.name, "seed": seed, "corpus": corpus.path}
+    r = ft.train_run(config, corpus, fold, seed, s.init_dir, s.fraction, mesh,
+                     path[: -len(".json")], export_dir=exp, export_meta=meta)
+    if r is None:
+      logging.warning("finetune: stopped during %s %s seed %d; re-run to resume it", s.variant,
+                      fold.name, seed)
+      return None
+    r.update(variant=s.variant, init=s.init_dir, fraction=s.fraction,
+             seconds=time.perf_counter() - t0)
+    if jax.process_index() == 0:
+      fs.write_json(path, r, indent=None)
+      fs.rmtree(fs.join(path[: -len(".json")], "checkpoints"))
+    logging.info("finetune: %s %s seed %d: best epoch %d, test WA %.3f UAR %.3f WF1 %.3f "
+                 "(%.0f s)", s.variant, fold.name, seed, r["best_epoch"], r["test"]["WA"],
+                 r["test"]["UAR"], r["test"]["WF1"], r["seconds"])
+    results.append(r)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(last=f"{s.variant} {fold.name} UAR {r['test']['UAR']:.3f}", refresh=False)
+  if bar is not None:
+    bar.close()
+  return results
 
 
 def distill_ablations(distill_cfg) -> dict:
@@ -62,17 +151,15 @@ def distill_ablations(distill_cfg) -> dict:
   return out
 
 
-def _distill_variant(config, workdir: str, name: str, overrides: dict) -> str:
+def _distill_variant(config, layout, name: str, overrides: dict) -> str:
   """Distils one Table-6 student (resumable) and returns its export dir. The full
   setting (RL + all FL pairs) is the main distillation itself."""
   d = config.distill
   merged = {k: overrides.get(k, d[k]) for k in ("rl_weight", "lambdas", "teacher_layers")}
   full = (merged["rl_weight"] != 0 and tuple(merged["lambdas"]) == tuple(d.lambdas) and
           tuple(merged["teacher_layers"]) == tuple(d.teacher_layers))
-  out = (os.path.join(workdir, "distill") if full else
-         os.path.join(workdir, "distill_ablations", name.replace("+", "_")))
-  student = os.path.join(out, "student")
-  from mced_jax import export as export_lib  # pylint: disable=import-outside-toplevel
+  out = layout.stage("distill") if full else layout.distill_ablation(name)
+  student = fs.join(out, "student")
   if export_lib.exists(student):
     return student
   from mced_jax.train import distill  # pylint: disable=import-outside-toplevel
@@ -80,9 +167,8 @@ def _distill_variant(config, workdir: str, name: str, overrides: dict) -> str:
   with cfg.unlocked():
     for k, v in overrides.items():
       cfg.distill[k] = v
-  distill.resolve_inputs(cfg, workdir)
   logging.info("table 6: distilling %s into %s", name, out)
-  distill.train(cfg, out)
+  distill.train(cfg, layout, out)
   return student
 
 
@@ -91,25 +177,24 @@ def _table(name: str, rows, caption: str, extra: str = "", reference=None) -> st
           ("\n\n" + extra if extra else "") + "\n")
 
 
-def run(config, workdir: str) -> dict:
+def run(config, layout) -> dict | None:
   f = config.finetune
-  out = os.path.join(workdir, "finetune")
-  os.makedirs(out, exist_ok=True)
+  out = layout.stage("finetune")
   classes = tuple(f.classes)
-  if not classes and config.data.corpus == "demo" and not (f.data_path or f.corpus):
-    from data_pipelines.demo import CLASSES  # pylint: disable=import-outside-toplevel
-    classes = CLASSES
-  corpus = ft.load_corpus(corpus_path(config, workdir), classes)
+  if not classes and not (f.data_path or f.corpus):
+    from data_pipelines import corpora  # pylint: disable=import-outside-toplevel
+    classes = tuple(corpora.get(config.data.corpus).classes or ())
+  corpus = labelled.load_corpus(corpus_path(config, layout), classes)
   folds = protocols.make_folds(corpus.records, f.protocol, f.num_folds)
   if f.max_folds > 0:
     folds = folds[: f.max_folds]
-  cache = os.path.join(out, "runs", ft.fingerprint(config, corpus, f.protocol))
-  distilled = os.path.abspath(f.init_dir) if f.init_dir else os.path.join(
-      workdir, "distill", "student")
+  cache = fs.join(out, "runs", fingerprint(config, corpus, f.protocol))
+  distilled = layout.distilled(config)
   tables = [t.strip() for t in str(f.tables).split(",") if t.strip()]
   bad = [t for t in tables if t not in ("5", "6", "7")]
   if bad:
     raise ValueError(f"finetune.tables: unknown table(s) {bad}; known: 5, 6, 7")
+  layout.save_config(out, config, corpus=corpus.path, distilled=distilled, cache=cache)
   ref = dict(f.reference) if f.reference.get("name") else None
   setup = (f"Corpus `{corpus.path}` ({len(corpus.records)} utterances, classes "
            f"{', '.join(corpus.classes)}); protocol `{f.protocol}` with {len(folds)} fold(s), "
@@ -118,50 +203,51 @@ def run(config, workdir: str) -> dict:
   sections, summary = [f"# Downstream results\n\n{setup}\n"], {}
   for t in tables:
     if t == "5":
-      specs = [ft.RunSpec(SCRATCH, None), ft.RunSpec(MCED, distilled)]
+      specs = [RunSpec(SCRATCH, None), RunSpec(MCED, distilled)]
       seeds = tuple(f.seeds)
-      export = {SCRATCH: os.path.join(out, "model_scratch"),
-                MCED: os.path.join(out, "model_mced")}
+      export = {SCRATCH: fs.join(out, "model_scratch"), MCED: fs.join(out, "model_mced")}
       caption = "Table 5 analogue: the student from scratch vs distilled with MCED."
     elif t == "6":
-      specs = [ft.RunSpec(name, _distill_variant(config, workdir, name, ov))
+      specs = [RunSpec(name, _distill_variant(config, layout, name, ov))
                for name, ov in distill_ablations(config.distill).items()]
       seeds, export = tuple(f.ablation_seeds), None
       caption = ("Table 6 analogue: response-level (RL) and feature-level (FL) distillation; "
                  "FL-k = the last k layer pairs.")
     else:
-      specs = [ft.RunSpec(f"{MCED} 1/{round(1 / fr)}", distilled, fr)
-               for fr in f.fractions] + [ft.RunSpec(f"{SCRATCH} full", None, 1.0)]
+      specs = [RunSpec(f"{MCED} 1/{round(1 / fr)}", distilled, fr)
+               for fr in f.fractions] + [RunSpec(f"{SCRATCH} full", None, 1.0)]
       seeds, export = tuple(f.ablation_seeds), None
       caption = "Table 7 analogue: fine-tuning on a class-stratified fraction of the training data."
-    results = ft.run_all(config, corpus, folds, specs, seeds, cache, export)
+    results = run_all(config, layout, corpus, folds, specs, seeds, cache, export)
+    if results is None:
+      return None
     order = [s.variant for s in specs]
     rows = report.summarize(results, order)
-    report.write_runs_csv(results, os.path.join(out, f"table{t}_runs.csv"))
     extra = "Test UAR per fold (mean over seeds):\n\n" + report.per_fold_table(results, order)
     if t == "5":
-      pngs = report.confusion_plots(results, corpus.classes, out, "table5_")
       extra += "\n\nConfusion matrices (summed over runs): " + ", ".join(
-          f"`finetune/{os.path.basename(p)}`" for p in pngs)
-    report.bar_plot(rows, os.path.join(out, f"table{t}.png"), textwrap.fill(caption, 70),
-                    ref if t == "5" else None)
+          f"`finetune/{n}`" for n in report.confusion_names(results, "table5_"))
     extra += f"\n\nPlot: `finetune/table{t}.png`"
     text = _table(f"Table {t}", rows, caption, extra, ref if t == "5" else None)
-    with open(os.path.join(out, f"table{t}.md"), "w", encoding="utf-8") as fh:
-      fh.write(text)
+    if jax.process_index() == 0:  # one writer for reports
+      report.write_runs_csv(results, fs.join(out, f"table{t}_runs.csv"))
+      if t == "5":
+        report.confusion_plots(results, corpus.classes, out, "table5_")
+      report.bar_plot(rows, fs.join(out, f"table{t}.png"), textwrap.fill(caption, 70),
+                      ref if t == "5" else None)
+      fs.write_text(fs.join(out, f"table{t}.md"), text)
     sections.append(text)
     summary[f"table{t}"] = rows
   # results.md collects every table this work dir has, also those of earlier runs
   # (e.g. Table 5 from the main job, Tables 6-7 from the ablation job).
   for t in ("5", "6", "7"):
-    path = os.path.join(out, f"table{t}.md")
-    if t not in tables and os.path.exists(path):
-      with open(path, encoding="utf-8") as fh:
-        sections.append(fh.read())
+    path = fs.join(out, f"table{t}.md")
+    if t not in tables and fs.exists(path):
+      sections.append(fs.read_text(path))
   sections = sections[:1] + sorted(sections[1:])
   md = "\n".join(sections)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as fh:
-    fh.write(md)
-  print("\n" + md)
-  logging.info("finetune: wrote %s", os.path.join(workdir, "results.md"))
+  if jax.process_index() == 0:
+    fs.write_text(layout.results_md, md)
+    print("\n" + md)
+  logging.info("finetune: wrote %s", layout.results_md)
   return summary

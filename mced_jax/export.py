@@ -5,16 +5,21 @@ fine-tuning exports a ready classifier (`WORKDIR/finetune/model_<variant>/`) tha
 `python -m mced_jax.predict --checkpoint=DIR` loads. `model.json` holds what is
 needed to rebuild and feed the network: the student's architecture, class names
 and the feature standardisation (mean/std per IS16 dimension).
+
+Saving works from any process layout: parameters sharded over several processes
+(FSDP) are gathered by every process, and process 0 writes (through mced_jax.fs,
+so the directory may be a URL).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import flax.serialization
 import jax
 import numpy as np
+
+from mced_jax import fs
 
 PARAMS, META = "params.msgpack", "model.json"
 STUDENT_FIELDS = ("num_classes", "feature_dim", "conv_channels", "conv_kernels",
@@ -27,33 +32,52 @@ def student_dict(student_cfg) -> dict:
               else student_cfg[k]) for k in STUDENT_FIELDS}
 
 
+def to_host(params):
+  """Numpy copies of (possibly multi-process sharded) arrays, on every process."""
+  leaves = jax.tree.leaves(params)
+  if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    params = multihost_utils.process_allgather(params, tiled=True)
+  return jax.tree.map(np.asarray, jax.device_get(params))
+
+
 def save(directory: str, params, meta: dict) -> None:
-  """Writes atomically (temp files renamed), so a crash never leaves half a model."""
-  os.makedirs(directory, exist_ok=True)
-  params = jax.device_get(params)
-  for name, data in ((PARAMS, flax.serialization.msgpack_serialize(
-      jax.tree.map(np.asarray, params))), (META, json.dumps(meta, indent=1).encode())):
-    tmp = os.path.join(directory, name + ".tmp")
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, os.path.join(directory, name))
+  """Writes params then model.json (a directory with model.json is complete);
+  every process must call it (the gather is collective), process 0 writes."""
+  host = to_host(params)
+  if jax.process_index() != 0:
+    return
+  fs.write_bytes(fs.join(directory, PARAMS), flax.serialization.msgpack_serialize(host))
+  fs.write_bytes(fs.join(directory, META), json.dumps(meta, indent=1).encode())
+
+
+def save_student(directory: str, config, params, step: int, source: str, stats=None) -> None:
+  """The distilled student (no soft-align weights), for fine-tuning."""
+  d = config.distill
+  meta = {"kind": "distilled_student", "student": student_dict(config.student),
+          "teacher_classes": int(config.student.num_classes), "step": step,
+          "data_source": source, "teacher_layers": list(d.teacher_layers),
+          "student_layers": list(d.student_layers), "rl_weight": float(d.rl_weight),
+          "lambdas": list(d.lambdas)}
+  if stats is not None:
+    meta["feature_mean"], meta["feature_std"] = (np.asarray(stats[0]).tolist(),
+                                                 np.asarray(stats[1]).tolist())
+  save(directory, params, meta)
 
 
 def exists(directory: str) -> bool:
-  return all(os.path.exists(os.path.join(directory, n)) for n in (PARAMS, META))
+  return all(fs.exists(fs.join(directory, n)) for n in (PARAMS, META))
 
 
 def load(directory: str):
   """(params, meta) of an exported model."""
   if not exists(directory):
-    missing = [n for n in (PARAMS, META) if not os.path.exists(os.path.join(directory, n))]
+    missing = [n for n in (PARAMS, META) if not fs.exists(fs.join(directory, n))]
     raise FileNotFoundError(f"{directory}: not an exported mced_jax model (missing "
                             f"{', '.join(missing)})")
-  with open(os.path.join(directory, META), encoding="utf-8") as f:
-    meta = json.load(f)
-  with open(os.path.join(directory, PARAMS), "rb") as f:
-    try:
-      params = flax.serialization.msgpack_restore(f.read())
-    except Exception as e:  # noqa: BLE001
-      raise ValueError(f"{directory}/{PARAMS}: unreadable ({e})") from e
+  meta = json.loads(fs.read_text(fs.join(directory, META)))
+  try:
+    params = flax.serialization.msgpack_restore(fs.read_bytes(fs.join(directory, PARAMS)))
+  except Exception as e:  # noqa: BLE001
+    raise ValueError(f"{directory}/{PARAMS}: unreadable ({e})") from e
   return params, meta

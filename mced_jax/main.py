@@ -1,13 +1,13 @@
 """Entry point: `python -m mced_jax.main --config=configs/mced.py --workdir=DIR`.
 
-Runs the comma-separated `config.stages` in order. Any config field can be
-overridden with `--config.a.b=value`; unknown keys and ill-typed values are
-rejected by the flag parser before anything runs.
+Runs the comma-separated `config.stages` in order (the table is mced_jax/stages.py).
+Any config field can be overridden with `--config.a.b=value`; unknown keys and
+ill-typed values are rejected by the flag parser before anything runs. The work
+dir may be a URL (gs://bucket/run).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -16,44 +16,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a get_config() file, e.g. configs/mced.py[:variant].",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/mced", "Directory for checkpoints, "
+_WORKDIR = flags.DEFINE_string("workdir", "runs/mced", "Directory (or URL) for checkpoints, "
                                "metrics and results; a re-run resumes from it.")
-
-STAGES = ("data", "teacher_mlm", "teacher_cls", "distill", "finetune", "benchmark")
-
-
-def run_stage(stage: str, config, workdir: str):
-  if stage == "data":
-    from data_pipelines import stage as data_stage  # pylint: disable=import-outside-toplevel
-    return data_stage.run(config, workdir)
-  if stage == "teacher_mlm":
-    from mced_jax.train import teacher_mlm  # pylint: disable=import-outside-toplevel
-    return teacher_mlm.train(config, os.path.join(workdir, "teacher_mlm"))
-  if stage == "teacher_cls":
-    from mced_jax.train import teacher_cls  # pylint: disable=import-outside-toplevel
-    return teacher_cls.train(config, os.path.join(workdir, "teacher_cls"))
-  if stage == "distill":
-    from mced_jax.train import distill  # pylint: disable=import-outside-toplevel
-    distill.resolve_inputs(config, workdir)
-    return distill.train(config, os.path.join(workdir, "distill"))
-  if stage == "finetune":
-    from mced_jax import downstream  # pylint: disable=import-outside-toplevel
-    return downstream.run(config, workdir)
-  if stage == "benchmark":
-    from mced_jax import benchmark  # pylint: disable=import-outside-toplevel
-    return benchmark.run(config, os.path.join(workdir, "benchmark"))
-  raise ValueError(f"unknown stage {stage!r}; known stages: {', '.join(STAGES)}")
-
-
-def parse_stages(spec: str) -> list[str]:
-  stages = [s.strip() for s in spec.split(",") if s.strip()]
-  if not stages:
-    raise ValueError("config.stages is empty")
-  bad = [s for s in stages if s not in STAGES]
-  if bad:
-    raise ValueError(f"unknown stage(s) {bad} in config.stages={spec!r}; "
-                     f"known: {', '.join(STAGES)}")
-  return stages
 
 
 class _QuietLibraries:
@@ -73,19 +37,31 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/mced.py")
+  from mced_jax import stages  # pylint: disable=import-outside-toplevel
+  try:
+    names = stages.parse(config.stages)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   import jax  # pylint: disable=import-outside-toplevel
   from mced_jax import distributed  # pylint: disable=import-outside-toplevel
+  from mced_jax.layout import Layout  # pylint: disable=import-outside-toplevel
   distributed.initialize(config.distributed)
   logging.info("mced_jax: %d process(es), %d device(s): %s", jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
-  try:
-    stages = parse_stages(config.stages)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  workdir = os.path.abspath(_WORKDIR.value)
-  for stage in stages:
-    logging.info("=== stage %s (workdir %s)", stage, workdir)
-    run_stage(stage, config, workdir)
+  stages.check_multihost(names)
+  layout = Layout(_WORKDIR.value)
+  from mced_jax import preemption  # pylint: disable=import-outside-toplevel
+  # One handler for the whole job: a signal between or inside stages stops the job
+  # at the next safe point, and no later stage starts.
+  with preemption.PreemptionGuard():
+    for name in names:
+      logging.info("=== stage %s (workdir %s)", name, layout.root)
+      stages.run(name, config, layout)
+      if preemption.stop_requested():
+        rest = names[names.index(name) + 1:]
+        logging.warning("stop signal received: the job stops here%s; re-run the same "
+                        "command to resume", f" (not starting {rest})" if rest else "")
+        break
 
 
 def entry():

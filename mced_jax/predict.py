@@ -26,9 +26,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", "
 
 
 def resolve_checkpoint(path: str) -> str:
-  from mced_jax import export  # pylint: disable=import-outside-toplevel
-  for cand in (path, os.path.join(path, "finetune", "model_mced"),
-               os.path.join(path, "model_mced"), os.path.join(path, "finetune", "model_scratch")):
+  from mced_jax import export, fs  # pylint: disable=import-outside-toplevel
+  for cand in (path, fs.join(path, "finetune", "model_mced"),
+               fs.join(path, "model_mced"), fs.join(path, "finetune", "model_scratch")):
     if export.exists(cand):
       return cand
   raise FileNotFoundError(f"{path}: no exported classifier (model.json + params.msgpack) "
@@ -75,11 +75,8 @@ class Predictor:
 
   def frames_for(self, n: int) -> int:
     """A bucket length (few compiled shapes); beyond the largest, multiples of it."""
-    for b in self.buckets:
-      if n <= b:
-        return b
-    top = self.buckets[-1]
-    return -(-n // top) * top
+    from data_pipelines.buckets import open_ended  # pylint: disable=import-outside-toplevel
+    return open_ended(n, self.buckets)
 
   def features(self, path: str) -> np.ndarray:
     from data_pipelines import features as F  # pylint: disable=import-outside-toplevel
@@ -145,16 +142,29 @@ def write_results(results, skipped, classes, out: str) -> None:
       w.writerow([p, "", ""] + [""] * len(classes) + [reason])
 
 
-def main(argv=None) -> int:
-  import argparse  # pylint: disable=import-outside-toplevel
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--checkpoint", required=True,
-                  help="exported classifier dir (WORKDIR/finetune/model_mced) or a work dir")
-  ap.add_argument("--out", default="predictions.csv", help="output file, .csv or .json")
-  ap.add_argument("paths", nargs="+", help="audio files or directories")
-  a = ap.parse_args(argv)
+def _flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FlagValues()
+  flags.DEFINE_string("checkpoint", None, "exported classifier dir "
+                      "(WORKDIR/finetune/model_mced) or a work dir", flag_values=fv)
+  flags.DEFINE_string("out", "predictions.csv", "output file, .csv or .json", flag_values=fv)
+  return fv
+
+
+def main(argv) -> int:
+  """argv: [program, --checkpoint=DIR, --out=FILE, PATH ...] (absl flag syntax)."""
+  fv = _flags()
   try:
-    results, skipped, classes = predict_paths(a.checkpoint, a.paths)
+    paths = fv(list(argv))[1:]
+  except Exception as e:  # noqa: BLE001 - absl's flag errors
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if not fv.checkpoint or not paths:
+    print("usage: python -m mced_jax.predict --checkpoint=DIR [--out=FILE] PATH ...",
+          file=sys.stderr)
+    return 2
+  try:
+    results, skipped, classes = predict_paths(fv.checkpoint, paths)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -165,11 +175,11 @@ def main(argv=None) -> int:
     print(f"{r['path']:<{width}}  {r['prediction']:<10}  ({top})")
   for p, reason in skipped:
     print(f"skipped: {reason}" if p in reason else f"skipped {p}: {reason}", file=sys.stderr)
-  write_results(results, skipped, classes, a.out)
-  print(f"{len(results)} file(s) scored, {len(skipped)} skipped; wrote {a.out}",
+  write_results(results, skipped, classes, fv.out)
+  print(f"{len(results)} file(s) scored, {len(skipped)} skipped; wrote {fv.out}",
         file=sys.stderr)
   return 0 if results else 1
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(main(sys.argv))

@@ -1,9 +1,10 @@
 """Graceful stop on SIGTERM/SIGINT (cluster preemption, Ctrl-C).
 
-The handler only raises a flag; the training loop checks it between steps, saves a
-checkpoint at the current step and exits cleanly, so the same command resumes.
-With several processes the flag is agreed on (any host signalled -> all stop at
-the same step), checked every `every` steps to keep host syncs rare.
+The handler only raises a process-wide flag. Training loops check it between
+steps, save a checkpoint at the current step and return; `mced_jax.main` checks it
+between stages and runs no further stage, so the same command resumes where the
+job stopped. With several processes the flag is agreed on (any host signalled ->
+all stop at the same step), checked every `every` steps to keep host syncs rare.
 """
 
 from __future__ import annotations
@@ -14,12 +15,33 @@ import threading
 import jax
 import numpy as np
 
+_FLAG = threading.Event()  # a stop signal arrived at this process
+_AGREED = threading.Event()  # the job (every process) decided to stop
+
+
+def _agree() -> bool:
+  if jax.process_count() == 1:
+    stop = _FLAG.is_set()
+  else:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    flags = multihost_utils.process_allgather(np.array([_FLAG.is_set()], np.int32))
+    stop = bool(np.asarray(flags).any())
+  if stop:
+    _AGREED.set()
+  return stop
+
+
+def stop_requested() -> bool:
+  """True once the job agreed to stop (checked by main between stages; every
+  process must call it at the same point)."""
+  return _AGREED.is_set() or _agree()
+
 
 class PreemptionGuard:
+  """Installs the signal handlers (main thread only) for its `with` block."""
 
   def __init__(self, every: int = 10):
     self.every = max(1, int(every))
-    self._flag = threading.Event()
     self._old = {}
 
   def __enter__(self):
@@ -33,22 +55,21 @@ class PreemptionGuard:
       signal.signal(sig, old)
     return False
 
-  def _handle(self, signum, frame):
+  @staticmethod
+  def _handle(signum, frame):
     del frame
-    if self._flag.is_set() and signum == signal.SIGINT:
+    if _FLAG.is_set() and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C stops at once
-    self._flag.set()
+    _FLAG.set()
 
   @property
   def signalled(self) -> bool:
-    return self._flag.is_set()
+    return _FLAG.is_set()
 
   def should_stop(self, step: int) -> bool:
     """True when this (or, multi-host, any) process was signalled."""
-    if jax.process_count() == 1:
-      return self._flag.is_set()
-    if step % self.every:
+    if _AGREED.is_set():
+      return True
+    if jax.process_count() > 1 and step % self.every:
       return False
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    flags = multihost_utils.process_allgather(np.array([self._flag.is_set()], np.int32))
-    return bool(np.asarray(flags).any())
+    return _agree()

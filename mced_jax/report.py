@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
+import io
 
 import numpy as np
 
+from mced_jax import fs
 from mced_jax import metrics as metrics_lib
 
 METRICS = ("WA", "UAR", "F1", "WF1")
@@ -44,15 +45,15 @@ def markdown_table(rows: list[dict], metrics=METRICS, reference: dict | None = N
 
 
 def write_runs_csv(results: list[dict], path: str) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w", encoding="utf-8", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["variant", "fraction", "fold", "seed", "best_epoch", "train_utterances"] +
-               [f"test_{m}" for m in METRICS] + [f"val_{m}" for m in METRICS])
-    for r in results:
-      w.writerow([r["variant"], r["fraction"], r["fold"], r["seed"], r["best_epoch"],
-                  r["train_utterances"]] + [f"{r['test'][m]:.4f}" for m in METRICS] +
-                 [f"{r['val'][m]:.4f}" for m in METRICS])
+  f = io.StringIO()
+  w = csv.writer(f)
+  w.writerow(["variant", "fraction", "fold", "seed", "best_epoch", "train_utterances"] +
+             [f"test_{m}" for m in METRICS] + [f"val_{m}" for m in METRICS])
+  for r in results:
+    w.writerow([r["variant"], r["fraction"], r["fold"], r["seed"], r["best_epoch"],
+                r["train_utterances"]] + [f"{r['test'][m]:.4f}" for m in METRICS] +
+               [f"{r['val'][m]:.4f}" for m in METRICS])
+  fs.write_text(path, f.getvalue())
 
 
 def per_fold_table(results: list[dict], variants, metric: str = "UAR") -> str:
@@ -68,22 +69,28 @@ def per_fold_table(results: list[dict], variants, metric: str = "UAR") -> str:
   return "\n".join(lines)
 
 
+def _slug(variant: str) -> str:
+  slug = variant.replace("+", "_plus_").replace("−", "_minus_").replace("-", "_minus_")
+  return "_".join(filter(None, "".join(ch if ch.isalnum() else "_" for ch in slug).split("_")))
+
+
+def confusion_names(results: list[dict], prefix: str) -> list[str]:
+  return [f"{prefix}confusion_{_slug(v)}.png"
+          for v in dict.fromkeys(r["variant"] for r in results)]
+
+
 def confusion_plots(results: list[dict], classes, out_dir: str, prefix: str) -> list[str]:
   """One confusion matrix per variant, summed over its folds and seeds (PNG + txt)."""
-  os.makedirs(out_dir, exist_ok=True)
   paths = []
   for v in dict.fromkeys(r["variant"] for r in results):
     rs = [r for r in results if r["variant"] == v]
     y = np.concatenate([r["test_true"] for r in rs])
     p = np.concatenate([np.asarray(r["test_probs"]).argmax(-1) for r in rs])
     cm = metrics_lib.confusion_matrix(y, p, len(classes))
-    slug = v.replace("+", "_plus_").replace("−", "_minus_").replace("-", "_minus_")
-    slug = "_".join(filter(None, "".join(ch if ch.isalnum() else "_" for ch in slug).split("_")))
-    png = os.path.join(out_dir, f"{prefix}confusion_{slug}.png")
+    png = fs.join(out_dir, f"{prefix}confusion_{_slug(v)}.png")
     metrics_lib.plot_confusion(cm, classes, png,
                                f"{v}: test, summed over {len(rs)} runs")
-    with open(png[:-4] + ".txt", "w", encoding="utf-8") as f:
-      f.write(metrics_lib.confusion_text(cm, classes) + "\n")
+    fs.write_text(png[:-4] + ".txt", metrics_lib.confusion_text(cm, classes) + "\n")
     paths.append(png)
   return paths
 
@@ -110,5 +117,5 @@ def bar_plot(rows: list[dict], path: str, title: str, reference: dict | None = N
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=7, loc="lower right")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fs.save_figure(fig, path)
   plt.close(fig)

@@ -7,7 +7,6 @@ resumed run sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 
@@ -21,8 +20,6 @@ class SyntheticPairs:
                vocab_size: int, feature_dim: int = 130, min_frames: int | None = None,
                min_tokens: int | None = None, seed: int = 0, cls_id: int = 101,
                sep_id: int = 102):
-    if global_batch % jax.process_count():
-      raise ValueError(f"batch {global_batch} not divisible by {jax.process_count()} processes")
     self.global_batch = global_batch
     self.max_frames, self.max_tokens = max_frames, max_tokens
     self.min_frames = max_frames if min_frames is None else min_frames
@@ -48,16 +45,3 @@ class SyntheticPairs:
     ids = np.where(token_mask, ids, 0).astype(np.int32)
     return {"features": feats, "frame_mask": frame_mask,
             "input_ids": ids, "attention_mask": token_mask.astype(np.int32)}
-
-  def batch_at(self, step: int) -> dict:
-    """This process's slice of the global batch at `step`."""
-    full = self.global_batch_at(step)
-    n = self.global_batch // jax.process_count()
-    lo = jax.process_index() * n
-    return {k: v[lo:lo + n] for k, v in full.items()}
-
-  def iterator(self, start_step: int = 0):
-    step = start_step
-    while True:
-      yield self.batch_at(step)
-      step += 1

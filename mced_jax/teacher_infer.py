@@ -1,13 +1,13 @@
-"""Teacher inference: batched logits (+ selected hidden states) for texts, and a CLI
-that labels a text file or a pair manifest.
+"""Label a text file or a pair manifest with the fine-tuned teacher.
 
     python -m mced_jax.teacher_infer --teacher=runs/mced/teacher_cls/model \\
         --input=pairs.csv --threshold=0.6 --out=runs/labelled.csv
 
-For a manifest (CSV/JSONL with a `text` column) every row gets the teacher's label
-and confidence; with --threshold, `<out>` keeps only the emotion-salient rows
-(max probability >= threshold), as the paper did to build EmoATMovie (3.1.2), and
-`<out stem>.all.csv` holds every row.
+For a manifest (CSV/JSONL with a `text` column) every row gets the teacher's label,
+its confidence and every class probability; with --threshold, `--out` keeps only
+the emotion-salient rows (max probability >= threshold), as the paper did to build
+EmoATMovie (3.1.2), and `<out stem>.all.csv` holds every row. The scoring itself is
+mced_jax.models.teacher.TeacherClassifier.
 """
 
 from __future__ import annotations
@@ -17,61 +17,8 @@ import json
 import os
 import sys
 
-import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-class TeacherInference:
-  """A fine-tuned teacher directory, ready to score texts."""
-
-  def __init__(self, teacher_dir: str, batch_size: int = 64, max_tokens: int = 64):
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from transformers import FlaxBertForSequenceClassification  # pylint: disable=import-outside-toplevel
-    from data_pipelines.tokenize import WordPiece, clean_text  # pylint: disable=import-outside-toplevel
-    from mced_jax.train import text_common as tc  # pylint: disable=import-outside-toplevel
-    if not os.path.exists(os.path.join(teacher_dir, "config.json")):
-      raise FileNotFoundError(f"{teacher_dir}: not a teacher directory (no config.json)")
-    self.model = FlaxBertForSequenceClassification.from_pretrained(teacher_dir,
-                                                                   local_files_only=True)
-    cfg = self.model.config
-    self.labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
-    self.tok = WordPiece(os.path.join(teacher_dir, "vocab.txt"), max_tokens=max_tokens)
-    self.batch_size, self.max_tokens, self._clean, self._tc = batch_size, max_tokens, clean_text, tc
-    module = self.model.module
-
-    def fwd(params, ids, mask):
-      pos = jnp.broadcast_to(jnp.arange(ids.shape[1])[None], ids.shape)
-      out = module.apply({"params": params}, ids, mask, jnp.zeros_like(ids), pos, None,
-                         deterministic=True, output_hidden_states=True)
-      return out.logits.astype(jnp.float32), out.hidden_states
-
-    self._fwd = jax.jit(fwd)
-
-  def logits_and_hidden(self, texts, layers=()):
-    """(logits [N, C], {layer: list of [len_i, H] arrays}) for cleaned texts."""
-    ids = self._tc.encode(self.tok, [self._clean(t) for t in texts], self.max_tokens)
-    logits = np.zeros((len(ids), len(self.labels)), np.float32)
-    hidden = {m: [None] * len(ids) for m in layers}
-    for idx, length in self._tc.bucket_batches(ids, self.batch_size, (16, 32, self.max_tokens),
-                                               None):
-      b = self._tc.pad_batch(ids, idx, length, self.batch_size)
-      lg, hs = self._fwd(self.model.params, b["input_ids"], b["attention_mask"])
-      logits[idx] = np.asarray(lg)[: len(idx)]
-      for m in layers:
-        h = np.asarray(hs[m])
-        for r, i in enumerate(idx):
-          hidden[m][i] = h[r, : len(ids[i])]
-    return logits, hidden
-
-  def predict(self, texts) -> np.ndarray:
-    logits, _ = self.logits_and_hidden(texts)
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def _read_input(path: str):
+def read_rows(path: str) -> list[dict]:
   if path.endswith(".jsonl"):
     with open(path, encoding="utf-8") as f:
       rows = [json.loads(l) for l in f if l.strip()]
@@ -88,41 +35,59 @@ def _read_input(path: str):
   return rows
 
 
-def main(argv=None):
-  import argparse  # pylint: disable=import-outside-toplevel
-  p = argparse.ArgumentParser(description="Label texts or a pair manifest with the teacher")
-  p.add_argument("--teacher", required=True, help="fine-tuned teacher directory")
-  p.add_argument("--input", required=True, help=".txt (one per line), .csv or .jsonl")
-  p.add_argument("--out", required=True, help="output CSV")
-  p.add_argument("--threshold", type=float, default=0.0,
-                 help="keep rows whose max probability is at least this")
-  p.add_argument("--batch_size", type=int, default=64)
-  a = p.parse_args(argv)
-  rows = _read_input(a.input)
-  teacher = TeacherInference(a.teacher, a.batch_size)
-  probs = teacher.predict([r["text"] for r in rows])
+def label_rows(rows: list[dict], teacher_dir: str, batch_size: int = 64):
+  """Adds teacher_label, teacher_confidence and p_<class> to every row; returns
+  (rows, probabilities [N, C])."""
+  from mced_jax.models.teacher import TeacherClassifier  # pylint: disable=import-outside-toplevel
+  clf = TeacherClassifier.from_dir(teacher_dir, batch_size=batch_size)
+  probs = clf.predict([r["text"] for r in rows])
   for r, pr in zip(rows, probs):
-    r["teacher_label"] = teacher.labels[int(pr.argmax())]
+    r["teacher_label"] = clf.labels[int(pr.argmax())]
     r["teacher_confidence"] = f"{pr.max():.4f}"
-    for name, v in zip(teacher.labels, pr):
+    for name, v in zip(clf.labels, pr):
       r[f"p_{name}"] = f"{v:.4f}"
-  keep = [r for r, pr in zip(rows, probs) if pr.max() >= a.threshold]
-  os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-  fields = list(rows[0])
+  return rows, probs
 
-  def write(path, rs):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-      w = csv.DictWriter(f, fieldnames=fields)
-      w.writeheader()
-      w.writerows(rs)
 
-  write(a.out, keep)
-  if a.threshold > 0:
-    write(os.path.splitext(a.out)[0] + ".all.csv", rows)
-  counts = {n: sum(r["teacher_label"] == n for r in keep) for n in teacher.labels}
-  print(f"labelled {len(rows)} rows; kept {len(keep)} with confidence >= {a.threshold}: {counts}")
+def write_rows(path: str, rows: list[dict]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["text"])
+    w.writeheader()
+    w.writerows(rows)
+
+
+def _flags():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FlagValues()
+  flags.DEFINE_string("teacher", None, "fine-tuned teacher directory", flag_values=fv)
+  flags.DEFINE_string("input", None, ".txt (one per line), .csv or .jsonl", flag_values=fv)
+  flags.DEFINE_string("out", None, "output CSV", flag_values=fv)
+  flags.DEFINE_float("threshold", 0.0, "keep rows whose max probability is at least this",
+                     flag_values=fv)
+  flags.DEFINE_integer("batch_size", 64, "texts per batch", flag_values=fv)
+  return fv
+
+
+def main(argv) -> list[dict]:
+  """argv: [program, --teacher=DIR, --input=FILE, --out=FILE, --threshold=P]; returns
+  the kept rows."""
+  fv = _flags()
+  rest = fv(list(argv))
+  if len(rest) > 1 or not (fv.teacher and fv.input and fv.out):
+    raise ValueError("usage: python -m mced_jax.teacher_infer --teacher=DIR --input=FILE "
+                     "--out=FILE [--threshold=P]")
+  rows, probs = label_rows(read_rows(fv.input), fv.teacher, fv.batch_size)
+  keep = [r for r, pr in zip(rows, probs) if pr.max() >= fv.threshold]
+  write_rows(fv.out, keep)
+  if fv.threshold > 0:
+    write_rows(os.path.splitext(fv.out)[0] + ".all.csv", rows)
+  labels = sorted({r["teacher_label"] for r in rows})
+  counts = {n: sum(r["teacher_label"] == n for r in keep) for n in labels}
+  print(f"labelled {len(rows)} rows; kept {len(keep)} with confidence >= {fv.threshold}: "
+        f"{counts}")
   return keep
 
 
 if __name__ == "__main__":
-  sys.exit(0 if main() is not None else 1)
+  main(sys.argv)

@@ -26,8 +26,13 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 @pytest.fixture
 def tiny_config():
+  """The tiny config on one of the 8 fake devices: most tests are about behaviour,
+  not sharding, and an 8-device program compiles several times slower. The
+  sharding and multi-host tests build their meshes themselves."""
   import mced  # configs/mced.py  pylint: disable=import-outside-toplevel
-  return mced.get_config("tiny")
+  c = mced.get_config("tiny")
+  c.mesh.devices = 1
+  return c
 
 
 def require_shared_data():

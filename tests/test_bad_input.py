@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from data_pipelines import batch_plan
+from data_pipelines import dataset as dataset_lib
 from data_pipelines import features as F
-from data_pipelines import input_pipeline as ip
 from data_pipelines.adapters import read_manifest
 from data_pipelines.prepare import PrepareOptions, prepare
+from mced_jax import sharding as shd
+from mced_jax.layout import Layout
 from mced_jax.train import distill
 from tests.data_pipelines.fixtures import write_wav
 
@@ -35,35 +38,41 @@ def small_corpus(tmp_path_factory):
 
 
 def test_over_long_inputs_are_truncated_and_flagged(small_corpus):
-  cfg = ip.ReaderConfig(batch_size=6, max_frames=150, max_tokens=12, frame_buckets=(150,),
-                        train=False)
-  b = next(ip.iterate(small_corpus, "train", cfg))
+  ds = dataset_lib.PreparedDataset(small_corpus)
+  recs = ds.select("train")
+  plan = batch_plan.BatchPlan([r["frames"] for r in recs], (150,), 6)
+  b = batch_plan.PairLoader(ds, recs, plan, np.arange(6), max_frames=150,
+                            max_tokens=12).load(0)
   assert b["features"].shape == (6, 150, 130) and b["input_ids"].shape == (6, 12)
-  frames = np.array([100 + 40 * i for i in range(6)])  # ~ seconds x 100
-  assert b["truncated_frames"].sum() == (frames > 150).sum()  # clips over 1.5 s
+  frames = np.array([r["frames"] for r in recs])
+  assert b["count_truncated_frames"] == (frames > 150).sum() >= 3  # clips over 1.5 s
   # 5 of the 6 transcripts exceed 12 WordPieces (the 7-word one has 9 with [CLS]/[SEP])
-  cut = b["truncated_tokens"]
-  assert cut.sum() == 5
-  assert (b["input_ids"][cut, -1] == 102).all()  # [SEP] kept at the cut
+  assert b["count_truncated_tokens"] == 5
+  cut = b["attention_mask"].sum(1) == 12
+  assert cut.sum() == 5 and (b["input_ids"][cut, -1] == 102).all()  # [SEP] kept at the cut
   assert (b["attention_mask"][~cut].sum(1) == 9).all()
 
 
-def test_corrupt_tfrecord_shard_is_a_clear_error(small_corpus, tmp_path):
+def test_corrupt_shard_is_a_clear_error(small_corpus, tmp_path):
   import shutil
   bad = str(tmp_path / "bad")
   shutil.copytree(small_corpus, bad)
-  shard = glob.glob(os.path.join(ip.dataset_dir(bad), "*.tfrecord*"))[0]
+  shard = glob.glob(os.path.join(dataset_lib._tfds_dir(bad), "*.array_record*"))[0]  # pylint: disable=protected-access
   with open(shard, "r+b") as f:
     f.truncate(os.path.getsize(shard) // 2)
-  src = ip.TFRecordPairs(bad, "train", 2, ip.ReaderConfig(batch_size=2, max_frames=300))
-  with pytest.raises(IOError, match="corrupt or truncated TFRecord"):
-    for _ in zip(range(20), src.iterator()):
-      pass
+  ds = dataset_lib.PreparedDataset(bad)
+  with pytest.raises(IOError, match="corrupt or truncated shard data"):
+    for r in ds.select("train"):
+      ds.example(r)
 
 
 def test_missing_prepared_dataset_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="records.jsonl"):
+    dataset_lib.PreparedDataset(str(tmp_path))
+  (tmp_path / "records.jsonl").write_text("")
+  (tmp_path / "feature_stats.json").write_text('{"mean": [0], "std": [1]}')
   with pytest.raises(FileNotFoundError, match="no prepared dataset"):
-    ip.dataset_dir(str(tmp_path))
+    dataset_lib.PreparedDataset(str(tmp_path)).example({"split": "train", "index": 0})
 
 
 def test_nan_and_wrong_width_features_are_rejected(tmp_path):
@@ -71,26 +80,38 @@ def test_nan_and_wrong_width_features_are_rejected(tmp_path):
            subtype="FLOAT")
   with pytest.raises(F.BadAudio, match="NaN or Inf"):
     F.load_audio(str(tmp_path / "nan.wav"))
-  batch = {"features": np.zeros((2, 10, 64), np.float32),
-           "input_ids": np.ones((2, 4), np.int32)}
+
+
+def test_wrong_width_features_and_foreign_vocab_are_clear_errors(tiny_config, tmp_path):
+  mesh = shd.from_config(tiny_config.mesh)
+  with tiny_config.unlocked():
+    tiny_config.student.feature_dim = 64  # the synthetic source makes 64-d features
+  _, feed, _ = distill.batches(tiny_config, Layout(str(tmp_path)), mesh, vocab=100)
+  with tiny_config.unlocked():
+    tiny_config.student.feature_dim = 130
   with pytest.raises(ValueError, match="64 dims, the student expects 130"):
-    distill._check_batch(batch, vocab=100, feature_dim=130)
-  batch["features"] = np.zeros((2, 10, 130), np.float32)
-  batch["input_ids"][0, 0] = 500
+    next(feed(0))
+  with tiny_config.unlocked():
+    tiny_config.teacher.source = "path"  # synthetic ids then span BERT's 30522 WordPieces
+  _, feed, _ = distill.batches(tiny_config, Layout(str(tmp_path)), mesh, vocab=100)
   with pytest.raises(ValueError, match="different vocabularies"):
-    distill._check_batch(batch, vocab=100, feature_dim=130)
+    next(feed(0))
 
 
 def test_bad_config_values_are_clear(tiny_config, tmp_path):
   with tiny_config.unlocked():
     tiny_config.distill.on_nonfinite = "ignore"
   with pytest.raises(ValueError, match="on_nonfinite"):
-    distill.train(tiny_config, str(tmp_path))
+    distill.train(tiny_config, Layout(str(tmp_path)))
   with tiny_config.unlocked():
     tiny_config.distill.on_nonfinite = "skip"
     tiny_config.data.source = "tfrecord"
-  with pytest.raises(ValueError, match="needs --config.data.path"):
-    distill.make_source(tiny_config)
+  with pytest.raises(ValueError, match="unknown data.source 'tfrecord'"):
+    distill.train(tiny_config, Layout(str(tmp_path)))
+  with tiny_config.unlocked():
+    tiny_config.data.source = "prepared"
+  with pytest.raises(FileNotFoundError, match="no records.jsonl"):
+    distill.train(tiny_config, Layout(str(tmp_path)))
   with tiny_config.unlocked():
     tiny_config.distill.lambdas = (0.1,)
   with pytest.raises(ValueError, match="same length"):

@@ -106,13 +106,13 @@ def test_mced_total_is_weighted_sum():
 def test_padding_changes_no_logit_and_no_loss(tiny_config):
   cfg = tiny_config
   dist = distill.build(cfg)
-  state = dist.init_state(jax.random.PRNGKey(0))
+  state = dist.spec.create()
   src = SyntheticPairs(4, cfg.data.max_frames, cfg.data.max_tokens, cfg.teacher.vocab_size,
                        min_frames=cfg.data.min_frames, min_tokens=cfg.data.min_tokens)
-  batch = src.batch_at(0)
+  batch = src.global_batch_at(0)
   padded = pad_batch(batch, extra_frames=17, extra_tokens=5)
   rng = jax.random.PRNGKey(1)
-  loss_fn = jax.jit(lambda p, t, b: dist.loss_fn(p, t, b, rng, train=False))
+  loss_fn = jax.jit(lambda p, t, b: dist.loss_fn(p, b, rng, t, train=False))
   _, aux_a = loss_fn(state.params, dist.teacher_params, batch)
   _, aux_b = loss_fn(state.params, dist.teacher_params, padded)
   for k in aux_a:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mced_jax import main as main_lib
+from mced_jax import stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,8 +36,8 @@ def test_bad_value_is_a_clear_error(tmp_path):
 
 def test_unknown_stage_is_a_clear_error():
   with pytest.raises(ValueError, match="unknown stage"):
-    main_lib.parse_stages("distill,dance")
-  assert main_lib.parse_stages(" distill , benchmark") == ["distill", "benchmark"]
+    stages.parse("distill,dance")
+  assert stages.parse(" distill , benchmark") == ["distill", "benchmark"]
 
 
 def test_benchmark_stage_writes_json_and_table(tmp_path):
@@ -49,9 +49,11 @@ def test_benchmark_stage_writes_json_and_table(tmp_path):
   r = json.load(open(files[0], encoding="utf-8"))
   for key in ("step_time_median_s", "step_time_p90_s", "examples_per_s",
               "audio_frames_per_s", "text_tokens_per_s", "compile_s", "mfu",
-              "analytic_flops_per_step", "xla_flops_per_step", "memory"):
+              "analytic_flops_per_step", "xla_flops_per_step", "memory",
+              "train_state_bytes_per_device", "per_device_batch"):
     assert key in r, key
   assert r["examples_per_s"] > 0 and r["step_time_p90_s"] >= r["step_time_median_s"]
+  assert r["memory"]["total_bytes"] > r["train_state_bytes_per_device"] > 0
   # The analytic count and XLA's agree to within a factor well below 2.
   assert 0.5 < r["xla_over_analytic"] < 2.0
   assert os.path.exists(tmp_path / "benchmark" / "results.md")
@@ -68,7 +70,7 @@ def test_every_config_builds_with_known_stages_and_protocols(spec):
   mod = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(mod)
   c = mod.get_config(arg or None)
-  main_lib.parse_stages(c.stages)
+  stages.parse(c.stages)
   assert c.finetune.protocol in protocols.PROTOCOLS
   assert set(str(c.finetune.tables).split(",")) <= {"5", "6", "7"}
   assert len(c.distill.teacher_layers) == len(c.distill.student_layers) == len(c.distill.lambdas)

@@ -34,7 +34,7 @@ def test_predict_stereo_44k_and_broken_files(tmp_path, classifier, capsys):
   broken = write_corrupt(str(tmp_path / "in" / "broken.wav"))
   out = str(tmp_path / "pred.csv")
   # a work dir works as --checkpoint too (its finetune/model_mced is found)
-  rc = predict.main(["--checkpoint", str(tmp_path / "work"), "--out", out,
+  rc = predict.main(["predict", f"--checkpoint={tmp_path / 'work'}", f"--out={out}",
                      str(tmp_path / "in"), str(tmp_path / "missing.wav")])
   assert rc == 0
   rows = {r["path"]: r for r in csv.DictReader(open(out))}
@@ -53,16 +53,17 @@ def test_predict_stereo_44k_and_broken_files(tmp_path, classifier, capsys):
 def test_predict_json_and_all_bad(tmp_path, classifier):
   f = write_wav(str(tmp_path / "a.wav"), 1.0, sr=22050)
   out = str(tmp_path / "p.json")
-  assert predict.main(["--checkpoint", classifier, "--out", out, f]) == 0
+  assert predict.main(["predict", f"--checkpoint={classifier}", f"--out={out}", f]) == 0
   res = json.load(open(out))
   assert res["classes"] == CLASSES and len(res["predictions"]) == 1 and not res["skipped"]
   # only broken input: reported, exit status 1, nothing crashes
   bad = write_corrupt(str(tmp_path / "b.wav"))
-  assert predict.main(["--checkpoint", classifier, "--out", out, bad]) == 1
+  assert predict.main(["predict", f"--checkpoint={classifier}", f"--out={out}", bad]) == 1
   assert json.load(open(out))["skipped"][0]["path"] == bad
 
 
 def test_predict_bad_checkpoint(tmp_path):
-  assert predict.main(["--checkpoint", str(tmp_path), str(tmp_path)]) == 2
+  assert predict.main(["predict", f"--checkpoint={tmp_path}", str(tmp_path)]) == 2
+  assert predict.main(["predict", str(tmp_path)]) == 2  # no --checkpoint: usage
   with pytest.raises(FileNotFoundError, match="no exported classifier"):
     predict.resolve_checkpoint(str(tmp_path))

@@ -59,21 +59,3 @@ def read_iemocap(root: str) -> list[Utterance]:
   if not out:
     raise ValueError(f"{root}: found no labelled utterances of the 4 classes")
   return out
-
-
-def iemocap_folds(records) -> list[dict]:
-  """The 10 speaker-independent folds: leave one session out; of its two speakers
-  one is validation and the other test (both ways round)."""
-  folds = []
-  for sess in sorted({r.session for r in records}):
-    speakers = sorted({r.speaker for r in records if r.session == sess})
-    if len(speakers) != 2:
-      raise ValueError(f"{sess}: expected 2 speakers, found {speakers}")
-    for val, test in ((speakers[0], speakers[1]), (speakers[1], speakers[0])):
-      folds.append({
-          "name": f"{sess}_val{val[-1]}_test{test[-1]}",
-          "train": [r.utt_id for r in records if r.session != sess],
-          "validation": [r.utt_id for r in records if r.speaker == val],
-          "test": [r.utt_id for r in records if r.speaker == test],
-      })
-  return folds

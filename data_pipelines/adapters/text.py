@@ -151,19 +151,120 @@ def read_lines(paths, min_words: int = 1) -> list[str]:
   return out
 
 
-def main(argv=None):
-  import argparse  # pylint: disable=import-outside-toplevel
-  p = argparse.ArgumentParser(description="Build the 5-class Teacher Text Emotion Dataset")
-  p.add_argument("--xed", default="../shared/data/text/xed")
-  p.add_argument("--emotionlines", default="../shared/data/text/emotionlines_friends")
-  p.add_argument("--out", default="data/teacher_text")
-  p.add_argument("--seed", type=int, default=0)
-  a = p.parse_args(argv)
-  data = teacher_text_dataset(a.xed, a.emotionlines, a.seed)
-  write_jsonl(data, a.out)
+MELD_TO_TEACHER = {"neutral": "neutral", "joy": "happiness", "surprise": "surprise",
+                   "sadness": "sadness", "anger": "anger"}
+
+
+def demo_text_splits(manifest: str, out_dir: str) -> None:
+  """train/validation/test.jsonl from the demo corpus's labelled transcripts."""
+  import csv  # pylint: disable=import-outside-toplevel
+  with open(manifest, encoding="utf-8", newline="") as f:
+    rows = list(csv.DictReader(f))
+  write_jsonl({s: [(r["text"], r["label"]) for r in rows
+                   if r["split"] == s and r["label"] in CLASSES] for s in SPLITS}, out_dir)
+
+
+def ensure_teacher_text(out_dir: str, xed_dir: str, el_dir: str, seed: int,
+                        demo_manifest: str | None = None) -> str:
+  """The Teacher Text Emotion Dataset as JSONL in out_dir (built once); without the
+  shared text corpora, the demo corpus's own transcripts (a plumbing demo)."""
+  if os.path.exists(os.path.join(out_dir, "train.jsonl")):
+    return out_dir
+  missing = [p for p in (xed_dir, el_dir) if not os.path.isdir(p)]
+  if missing and demo_manifest and os.path.exists(demo_manifest):
+    from absl import logging  # pylint: disable=import-outside-toplevel
+    logging.warning("teacher text: %s not found; using the demo corpus's own transcripts "
+                    "instead (a plumbing demo)", missing)
+    demo_text_splits(demo_manifest, out_dir)
+  elif missing:
+    raise FileNotFoundError(f"teacher text corpus {missing[0]} not found; set "
+                            "--config.teacher_cls.xed_dir/emotionlines_dir or data_dir")
+  else:
+    write_jsonl(teacher_text_dataset(xed_dir, el_dir, seed), out_dir)
+  return out_dir
+
+
+def read_splits(data_dir: str, max_train: int = 0, max_eval: int = 0, seed: int = 0) -> dict:
+  """{split: (texts, label ids)} from train/validation/test.jsonl; a positive cap
+  keeps a seeded random subset (the files are sorted by text)."""
+  out = {}
+  for split in SPLITS:
+    path = os.path.join(data_dir, f"{split}.jsonl")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found (expected train/validation/test.jsonl)")
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as f:
+      for i, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        row = json.loads(line)
+        if row["label"] not in CLASSES:
+          raise ValueError(f"{path}:{i}: unknown label {row['label']!r}")
+        texts.append(row["text"])
+        labels.append(CLASSES.index(row["label"]))
+    cap = max_train if split == "train" else max_eval
+    if 0 < cap < len(texts):
+      keep = np.sort(np.random.default_rng(seed).permutation(len(texts))[:cap])
+      texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    out[split] = (texts, np.asarray(labels, np.int32))
+  return out
+
+
+def meld_test_text(path: str):
+  """MELD test utterances whose emotion is one of the teacher's 5 classes."""
+  import csv  # pylint: disable=import-outside-toplevel
+  texts, labels = [], []
+  with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    for row in csv.DictReader(f):
+      lab = MELD_TO_TEACHER.get(row["Emotion"].strip().lower())
+      if lab:
+        texts.append(clean_text(row["Utterance"]))
+        labels.append(CLASSES.index(lab))
+  return texts, np.asarray(labels, np.int32)
+
+
+def mlm_lines(text_files: str, emotionlines_dir: str = "", meld_train_csv: str = "",
+              include_dialogue: bool = True, max_lines: int = 0) -> list[str]:
+  """The continued-pretraining corpus: one-sentence-per-line files plus (optionally)
+  the unlabelled dialogue text of EmotionLines/MELD *train* splits (no test text)."""
+  files = [p for p in text_files.split(",") if p]
+  for p in files:
+    if not os.path.exists(p):
+      raise FileNotFoundError(f"MLM corpus file {p} not found")
+  lines = read_lines(files, min_words=2)
+  if include_dialogue:
+    if emotionlines_dir and os.path.isdir(emotionlines_dir):
+      lines += [t for t, _ in read_emotionlines(emotionlines_dir)["train"]
+                if len(t.split()) >= 2]
+    if meld_train_csv and os.path.exists(meld_train_csv):
+      import csv  # pylint: disable=import-outside-toplevel
+      with open(meld_train_csv, encoding="utf-8", errors="replace", newline="") as f:
+        lines += [t for t in (clean_text(r["Utterance"]) for r in csv.DictReader(f))
+                  if len(t.split()) >= 2]
+  lines = list(dict.fromkeys(lines))
+  if max_lines > 0:
+    lines = lines[:max_lines]
+  if len(lines) < 20:
+    raise ValueError(f"MLM corpus too small ({len(lines)} lines)")
+  return lines
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FlagValues()
+  flags.DEFINE_string("xed", "../shared/data/text/xed", "XED directory", flag_values=fv)
+  flags.DEFINE_string("emotionlines", "../shared/data/text/emotionlines_friends",
+                      "EmotionLines (Friends) directory", flag_values=fv)
+  flags.DEFINE_string("out", "data/teacher_text", "output directory (JSONL splits)",
+                      flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "seed of the XED split", flag_values=fv)
+  fv(list(argv))
+  data = teacher_text_dataset(fv.xed, fv.emotionlines, fv.seed)
+  write_jsonl(data, fv.out)
   print(counts_table(data))
-  print(f"wrote {sum(len(v) for v in data.values())} examples to {a.out}")
+  print(f"wrote {sum(len(v) for v in data.values())} examples to {fv.out}")
 
 
 if __name__ == "__main__":
-  main()
+  import sys
+  main(sys.argv)

@@ -58,7 +58,7 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
     }
     if cfg.label_names:
       feats["label"] = tfds.features.ClassLabel(names=list(cfg.label_names))
-    return tfds.core.DatasetInfo(builder=self, description=cfg.description,
+    return tfds.core.DatasetInfo(builder=self, description=cfg.description, disable_shuffling=True,
                                  features=tfds.features.FeaturesDict(feats))
 
   def _split_generators(self, dl_manager):

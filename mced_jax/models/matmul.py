@@ -1,13 +1,14 @@
 """Matmuls and 1-D convolutions that make bf16 fast on XLA:CPU.
 
-On the CPUs this project runs on (AVX-512 with BF16 instructions), XLA:CPU runs a
-bf16 x bf16 dot at about 2x the fp32 rate *only when the dot accumulates and
+On CPUs with bf16 units (avx512_bf16 / AMX), XLA:CPU runs a bf16 x bf16 dot at about 2x the fp32 rate *only when the dot accumulates and
 outputs fp32* (`preferred_element_type=float32`); the bf16 -> bf16 dots that flax's
 layers and autodiff emit fall back to the fp32 rate, and so does
 `lax.conv_general_dilated` in any dtype. Elementwise work (LayerNorm, GELU and
 their gradients) is meanwhile *slower* in bf16 than in fp32 there. Measured on 2
 cores (16x100x512 @ 512x2048): fp32 ~180 GFLOP/s, bf16->bf16 ~165, bf16->fp32
-~310-330; LayerNorm forward+backward on 16x400x512: fp32 7 ms, bf16 17 ms.
+~310-330; LayerNorm forward+backward on 16x400x512: fp32 7 ms, bf16 17 ms. (On
+an AVX2- or plain-AVX-512 CPU without bf16 units none of this pays: the precision
+policy's `auto` keeps such CPUs in fp32.)
 
 So the "cpu_bf16" implementation is bf16 the way autocast does it: activations,
 normalisation, nonlinearities and losses stay fp32, and only the operands of every
@@ -20,13 +21,19 @@ dense layer and convolution are rounded to bf16, multiplied with fp32 accumulati
 Numerically the products are what GPUs and TPUs compute for bf16 (bf16 operands,
 fp32 accumulation); activations are kept at higher precision than bf16.
 
-`implementation()` picks it for bf16 on CPU ("auto"); on GPUs/TPUs XLA's own dots
-and convolutions are already fast, so the models run in bf16 with them ("xla").
+The models never choose: they call `attention`/`einsum` here and use plain flax
+Dense/DenseGeneral/Conv layers. `cpu_bf16_scope()` (entered by the precision
+policy around a step, `mced_jax/precision.py`) switches all of them at once: a
+flax method interceptor routes every Dense, DenseGeneral and 1-D Conv applied
+inside it -- the student's, the soft-align blocks' and transformers' FlaxBert
+teacher's -- to the kernels below, and `attention`/`einsum` see the scope too.
+Outside the scope everything runs on XLA's own dots and convolutions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 
@@ -35,26 +42,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLEMENTATIONS = ("auto", "xla", "cpu_bf16")
 IM2COL_MAX_CHANNELS = 256  # below this, a conv is one matmul over stacked taps
 
-
-def implementation(name: str, dtype, platform: str | None = None) -> str:
-  """Resolves config `matmul` ("auto" | "xla" | "cpu_bf16") to "xla" or "cpu_bf16"."""
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(f"matmul must be one of {IMPLEMENTATIONS}, got {name!r}")
-  if name == "auto":
-    platform = platform or jax.default_backend()
-    name = "cpu_bf16" if (platform == "cpu" and jnp.dtype(dtype) == jnp.bfloat16) else "xla"
-  if name == "cpu_bf16" and jnp.dtype(dtype) != jnp.bfloat16:
-    raise ValueError("matmul='cpu_bf16' is a bfloat16 recipe; it needs dtype='bfloat16'")
-  return name
+_ACTIVE = contextvars.ContextVar("mced_cpu_bf16", default=False)
 
 
-def module_dtype(impl: str, dtype):
-  """The dtype flax modules compute in: fp32 under cpu_bf16 (only the matmul
-  operands are bf16), else the configured compute dtype."""
-  return jnp.float32 if impl == "cpu_bf16" else dtype
+def active() -> bool:
+  """True inside `cpu_bf16_scope()` (read at trace time)."""
+  return _ACTIVE.get()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -93,15 +88,15 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   return _bf16_einsum("...k,kn->...n", x, w).astype(x.dtype)
 
 
-def einsum(spec: str, a: jax.Array, b: jax.Array, impl: str) -> jax.Array:
+def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   """Two-operand einsum with fp32 output (attention scores and mixing).
 
-  Under "cpu_bf16" the operands are rounded to bf16 and the gradient is the same
-  kind of fast einsum (which needs every index in at least two of the three terms:
-  checked); under "xla" it is jnp.einsum in the operands' dtype with fp32
-  accumulation.
+  Inside the cpu_bf16 scope the operands are rounded to bf16 and the gradient is
+  the same kind of fast einsum (which needs every index in at least two of the
+  three terms: checked); elsewhere it is jnp.einsum in the operands' dtype with
+  fp32 accumulation.
   """
-  if impl != "cpu_bf16":
+  if not active():
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
   lhs, out = spec.replace(" ", "").split("->")
   sa, sb = lhs.split(",")
@@ -111,53 +106,29 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, impl: str) -> jax.Array:
   return _bf16_einsum(f"{sa},{sb}->{out}", a, b)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
-              impl: str) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) -> jax.Array:
   """Multi-head attention over [B, T, N, H] with a [B, S] key mask, fp32 softmax.
 
-  "xla" uses jax.nn.dot_product_attention (XLA picks fused kernels on GPU/TPU);
-  "cpu_bf16" writes it out on `einsum` so the two products run on the fast dots.
+  Outside the cpu_bf16 scope: jax.nn.dot_product_attention (XLA picks fused
+  kernels on GPU/TPU); inside it, written out on `einsum` so the two products run
+  on the fast dots.
   """
-  if impl != "cpu_bf16":
+  if not active():
     return jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None, None, :])
   scale = 1.0 / math.sqrt(q.shape[-1])
   # Heads to the front: batched matmuls with leading batch axes everywhere (the
   # form XLA:CPU's fast bf16 kernel takes, gradients included).
   q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
-  scores = einsum("bnth,bnsh->bnts", q, k, impl) * scale
+  scores = einsum("bnth,bnsh->bnts", q, k) * scale
   scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1)
-  return jnp.swapaxes(einsum("bnts,bnsh->bnth", probs, v, impl), 1, 2).astype(q.dtype)
-
-
-def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
-                **kwargs):
-  """Drop-in for `lax.dot_general` in flax Dense/DenseGeneral (`dot_general=`).
-
-  Handles the dense-layer pattern (contract trailing lhs axes with leading rhs axes,
-  no batch axes) through `matmul`; anything else goes to lax.dot_general.
-  """
-  (lc, rc), (lb, rb) = dimension_numbers
-  lc, rc = tuple(a % lhs.ndim for a in lc), tuple(a % rhs.ndim for a in rc)
-  n = len(lc)
-  dense = (not lb and not rb and lc == tuple(range(lhs.ndim - n, lhs.ndim))
-           and rc == tuple(range(n)))
-  if not dense:
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type, **kwargs)
-  k = math.prod(lhs.shape[lhs.ndim - n:])
-  x = lhs.reshape(lhs.shape[: lhs.ndim - n] + (k,))
-  w = rhs.reshape((k, -1))
-  y = matmul(x, w)
-  if preferred_element_type is not None:
-    y = y.astype(preferred_element_type)
-  return y.reshape(lhs.shape[: lhs.ndim - n] + rhs.shape[n:])
+  return jnp.swapaxes(einsum("bnts,bnsh->bnth", probs, v), 1, 2).astype(q.dtype)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          precision=None, preferred_element_type=None, **kwargs):
-  """Drop-in for `lax.conv_general_dilated` in flax's 1-D nn.Conv (`conv_general_dilated=`).
+  """`lax.conv_general_dilated` for flax's 1-D nn.Conv on bf16-operand matmuls.
 
   y[t] = sum_i x_padded[t * stride + i] @ W[i], on `matmul`. Only the layout flax
   uses for 1-D inputs (NWC, WIO), explicit padding, no dilation and no groups are
@@ -193,36 +164,71 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   return y.astype(preferred_element_type or lhs.dtype)
 
 
-def layer_kwargs(impl: str) -> dict:
-  """Keyword arguments that switch flax Dense/DenseGeneral to `impl`."""
-  return {"dot_general": dot_general} if impl == "cpu_bf16" else {}
-
-
-def conv_kwargs(impl: str) -> dict:
-  """Keyword arguments that switch flax nn.Conv (1-D) to `impl`."""
-  return {"conv_general_dilated": conv_general_dilated} if impl == "cpu_bf16" else {}
-
-
-def _dense_interceptor(next_fun, args, kwargs, context):
-  """Runs flax nn.Dense layers of foreign modules (transformers' FlaxBert) on `matmul`."""
-  m = context.module
-  if (context.method_name != "__call__" or type(m) is not nn.Dense  # pylint: disable=unidiomatic-typecheck
-      or m.dot_general is not None or m.dot_general_cls is not None
-      or not m.has_variable("params", "kernel")):
-    return next_fun(*args, **kwargs)
-  (x,) = args
-  params = m.variables["params"]
-  # No promotion of the (possibly bf16) kernel to the module dtype: matmul rounds
-  # both operands to bf16 itself, so a promotion would only be a round trip.
-  y = matmul(x.astype(m.dtype), params["kernel"])
+def _dense_general(m, x, params):
+  """flax DenseGeneral (no batch dims, trailing contracted axes) on `matmul`."""
+  axis = tuple(a % x.ndim for a in (m.axis if isinstance(m.axis, tuple) else (m.axis,)))
+  n = len(axis)
+  if m.batch_dims or axis != tuple(range(x.ndim - n, x.ndim)):
+    return None
+  features = m.features if isinstance(m.features, tuple) else (m.features,)
+  lead = x.shape[: x.ndim - n]
+  kernel = params["kernel"]
+  y = matmul(x.astype(m.dtype or x.dtype).reshape(lead + (-1,)),
+             kernel.reshape((-1, math.prod(features))))
+  y = y.reshape(lead + features)
   return y if "bias" not in params else y + params["bias"].astype(y.dtype)
 
 
+def _tuple(d):
+  return None if d is None else ((d,) if isinstance(d, int) else tuple(d))
+
+
+def _conv(m, x, params):
+  """flax 1-D nn.Conv with explicit padding on the per-tap/im2col kernel."""
+  padding = m.padding
+  if isinstance(padding, str) or isinstance(padding, int):
+    raise NotImplementedError(f"cpu_bf16 convolution needs explicit padding pairs, got "
+                              f"padding={padding!r}")
+  strides = m.strides if m.strides is not None else 1
+  strides = (strides,) if isinstance(strides, int) else tuple(strides)
+  y = conv_general_dilated(x.astype(m.dtype or x.dtype), params["kernel"], strides,
+                           [tuple(p) for p in padding], lhs_dilation=_tuple(m.input_dilation),
+                           rhs_dilation=_tuple(m.kernel_dilation),
+                           feature_group_count=m.feature_group_count)
+  return y if "bias" not in params else y + params["bias"].astype(y.dtype)
+
+
+def _interceptor(next_fun, args, kwargs, context):
+  """Runs flax Dense, DenseGeneral and 1-D Conv layers (ours and transformers'
+  FlaxBert's) on the bf16-operand kernels. Layers without parameters yet (init)
+  and any other layout take XLA's path."""
+  m = context.module
+  kind = type(m)
+  if (context.method_name != "__call__" or kind not in (nn.Dense, nn.DenseGeneral, nn.Conv)
+      or not m.has_variable("params", "kernel") or len(args) != 1 or kwargs
+      or getattr(m, "dot_general", None) is not None
+      or getattr(m, "dot_general_cls", None) is not None):
+    return next_fun(*args, **kwargs)
+  (x,) = args
+  params = m.variables["params"]
+  if kind is nn.Dense:
+    # No promotion of a (possibly bf16) kernel to the module dtype: matmul rounds
+    # both operands to bf16 itself, so a promotion would only be a round trip.
+    y = matmul(x.astype(m.dtype or x.dtype), params["kernel"])
+    return y if "bias" not in params else y + params["bias"].astype(y.dtype)
+  if kind is nn.DenseGeneral:
+    y = _dense_general(m, x, params)
+    return next_fun(*args, **kwargs) if y is None else y
+  return _conv(m, x, params)
+
+
 @contextlib.contextmanager
-def dense_layers(impl: str):
-  """Within this context, every plain flax nn.Dense applied runs on `impl`."""
-  if impl != "cpu_bf16":
-    yield
-    return
-  with nn.intercept_methods(_dense_interceptor):
-    yield
+def cpu_bf16_scope():
+  """Every Dense/DenseGeneral/Conv applied, and every `attention`/`einsum` traced,
+  inside this scope runs on the bf16-operand / fp32-accumulate kernels."""
+  token = _ACTIVE.set(True)
+  try:
+    with nn.intercept_methods(_interceptor):
+      yield
+  finally:
+    _ACTIVE.reset(token)

@@ -26,22 +26,20 @@ Dtype = Any
 class SoftAlign(nn.Module):
   teacher_dim: int
   dtype: Dtype = jnp.float32
-  matmul: str = "xla"
 
   @nn.compact
   def __call__(self, h_teacher: jax.Array, h_student: jax.Array, student_mask: jax.Array):
     d_t = self.teacher_dim
-    mm = matmul_lib.layer_kwargs(self.matmul)
-    q = nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_q", **mm)(h_teacher)
-    k = gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_k", **mm)(h_student))
-    v = gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_v", **mm)(h_student))
+    q = nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_q")(h_teacher)
+    k = gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_k")(h_student))
+    v = gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_v")(h_student))
     # Scores and softmax in fp32: the softmax over hundreds of frames is the one place
     # where bf16 rounding visibly changes the alignment.
-    scores = matmul_lib.einsum("btd,bsd->bts", q, k, self.matmul)
+    scores = matmul_lib.einsum("btd,bsd->bts", q, k)
     scores = scores / jnp.sqrt(jnp.float32(d_t))
     scores = jnp.where(student_mask[:, None, :], scores, jnp.finfo(jnp.float32).min)
     attn = jax.nn.softmax(scores, axis=-1)
-    return matmul_lib.einsum("bts,bsd->btd", attn.astype(self.dtype), v, self.matmul)
+    return matmul_lib.einsum("bts,bsd->btd", attn.astype(self.dtype), v)
 
 
 class SoftAlignSet(nn.Module):
@@ -51,12 +49,11 @@ class SoftAlignSet(nn.Module):
   teacher_dim: int
   num_pairs: int
   dtype: Dtype = jnp.float32
-  matmul: str = "xla"
 
   @nn.compact
   def __call__(self, teacher_states, student_states, student_mask):
     return [
-        SoftAlign(self.teacher_dim, dtype=self.dtype, matmul=self.matmul, name=f"pair_{j}")(
+        SoftAlign(self.teacher_dim, dtype=self.dtype, name=f"pair_{j}")(
             teacher_states[j], student_states[j], student_mask)
         for j in range(self.num_pairs)
     ]

@@ -57,7 +57,6 @@ class ConvBlock(nn.Module):
   kernels: Sequence[int]
   strides: Sequence[int]
   dtype: Dtype = jnp.float32
-  matmul: str = "xla"  # "xla" or "cpu_bf16" (see models/matmul.py)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array):
@@ -67,7 +66,7 @@ class ConvBlock(nn.Module):
       x = jnp.where(mask[..., None], x, 0).astype(self.dtype)
       pad = (k - 1) // 2
       x = nn.Conv(c, (k,), strides=(s,), padding=[(pad, pad)], dtype=self.dtype,
-                  name=f"conv_{i}", **matmul_lib.conv_kwargs(self.matmul))(x)
+                  name=f"conv_{i}")(x)
       mask = conv_output_mask(mask, s)
       # Explicit padding can leave one surplus output frame; keep shapes in sync.
       x = x[:, : mask.shape[1]]
@@ -85,26 +84,24 @@ class EncoderLayer(nn.Module):
   mlp_dim: int
   dropout: float
   dtype: Dtype = jnp.float32
-  matmul: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool):
     b, t, _ = x.shape
     head_dim = self.d_model // self.num_heads
-    mm = matmul_lib.layer_kwargs(self.matmul)
     h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
-    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv", **mm)(h)
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv")(h)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     # jax.nn.dot_product_attention (XLA's fused kernels) except under cpu_bf16.
-    o = matmul_lib.attention(q, k, v, mask, self.matmul)
-    o = nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out", **mm)(o)
+    o = matmul_lib.attention(q, k, v, mask)
+    o = nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out")(o)
     o = Dropout(self.dropout)(o, deterministic=deterministic)
     x = x + o
     h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
-    h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in", **mm)(h)
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(h)
     h = gelu(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)
-    h = nn.Dense(self.d_model, dtype=self.dtype, name="mlp_out", **mm)(h)
+    h = nn.Dense(self.d_model, dtype=self.dtype, name="mlp_out")(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)
     return x + h
 
@@ -128,18 +125,15 @@ class Student(nn.Module):
   dropout: float = 0.1
   classifier_hidden: int = 256
   max_frames: int = 4096
-  dtype: Dtype = jnp.float32
-  matmul: str = "xla"  # "xla" or "cpu_bf16": bf16 operands, fp32 accumulation (fast on CPU)
+  dtype: Dtype = jnp.float32  # compute dtype (the precision policy's module dtype)
 
   @nn.compact
   def __call__(self, features: jax.Array, frame_mask: jax.Array, *, train: bool = False):
     deterministic = not train
     frame_mask = frame_mask.astype(bool)
     x, mask = ConvBlock(self.conv_channels, self.conv_kernels, self.conv_strides,
-                        dtype=self.dtype, matmul=self.matmul,
-                        name="conv_block")(features, frame_mask)
-    mm = matmul_lib.layer_kwargs(self.matmul)
-    x = nn.Dense(self.d_model, dtype=self.dtype, name="proj", **mm)(x)
+                        dtype=self.dtype, name="conv_block")(features, frame_mask)
+    x = nn.Dense(self.d_model, dtype=self.dtype, name="proj")(x)
     t = x.shape[1]
     if t > self.max_frames:
       raise ValueError(f"{t} frames after downsampling exceed max_frames={self.max_frames}")
@@ -148,8 +142,7 @@ class Student(nn.Module):
     hidden = [x]
     for i in range(self.num_layers):
       x = EncoderLayer(self.d_model, self.num_heads, self.mlp_dim, self.dropout,
-                       dtype=self.dtype, matmul=self.matmul,
-                       name=f"layer_{i + 1}")(x, mask, deterministic)
+                       dtype=self.dtype, name=f"layer_{i + 1}")(x, mask, deterministic)
       hidden.append(x)
     x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
     # Max over valid frames only: padding is pushed to the dtype's minimum so it can
@@ -157,14 +150,14 @@ class Student(nn.Module):
     neg = jnp.finfo(x.dtype).min
     pooled = jnp.where(mask[..., None], x, neg).max(axis=1)
     pooled = jnp.where(mask.any(axis=1, keepdims=True), pooled, 0)
-    h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1", **mm)(pooled)
+    h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1")(pooled)
     h = nn.relu(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc_2", **mm)(h)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="fc_2")(h)
     return logits.astype(jnp.float32), hidden, mask
 
 
-def student_from_config(cfg, dtype=jnp.float32, matmul: str = "xla") -> Student:
+def student_from_config(cfg, dtype=jnp.float32, **overrides) -> Student:
   """Builds the student from a `config.student` ConfigDict."""
   return Student(
       num_classes=cfg.num_classes,
@@ -178,5 +171,4 @@ def student_from_config(cfg, dtype=jnp.float32, matmul: str = "xla") -> Student:
       dropout=cfg.dropout,
       classifier_hidden=cfg.classifier_hidden,
       dtype=dtype,
-      matmul=matmul,
-  )
+  ).clone(**overrides)

@@ -1,5 +1,5 @@
-"""features -> TFRecords (TFDS) -> tf.data: same arrays, masks and tokens back;
-bad items reported and skipped; per-host shards disjoint and complete; resume."""
+"""features -> TFDS ArrayRecord shards -> PreparedDataset / PairLoader: the same
+arrays, masks and tokens back; bad items reported and skipped; re-runs skip work."""
 
 import csv
 import json
@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from data_pipelines import batch_plan
+from data_pipelines import dataset as dataset_lib
 from data_pipelines import features as F
-from data_pipelines import input_pipeline as ip
 from data_pipelines.adapters import read_manifest
 from data_pipelines.prepare import PrepareOptions, prepare
 from data_pipelines.tokenize import WordPiece
@@ -51,15 +52,9 @@ def corpus(tmp_path_factory):
   return {"root": root, "out": out, "report": report, "rows": rows}
 
 
-def read_all(out, split, **kw):
-  cfg = ip.ReaderConfig(batch_size=3, max_frames=400, frame_buckets=(150, 400), train=False,
-                        normalize=kw.pop("normalize", False), with_ids=True)
-  got = {}
-  for b in ip.iterate(out, split, cfg, **kw):
-    for i in np.flatnonzero(b["example_mask"]):
-      got[b["utt_id"][i].decode()] = {k: v[i] for k, v in b.items()}
-      assert b["features"].shape[1] in (150, 400)  # static bucket shapes only
-  return got
+def read_all(out, split, normalized=False):
+  ds = dataset_lib.PreparedDataset(out)
+  return {r["utt_id"]: ds.example(r, normalized) for r in ds.select(split)}
 
 
 def test_bad_items_reported_and_skipped(corpus):
@@ -73,70 +68,67 @@ def test_bad_items_reported_and_skipped(corpus):
   assert on_disk["skipped"] == 3 and on_disk["splits"] == {"train": 8, "test": 4}
 
 
-def test_round_trip_gives_back_features_masks_tokens_labels(corpus):
+def test_round_trip_gives_back_features_tokens_labels(corpus):
   out = corpus["out"]
   wp = WordPiece(max_tokens=64)
+  ds = dataset_lib.PreparedDataset(out)
   got = {**read_all(out, "train"), **read_all(out, "test")}
   assert sorted(got) == [f"u{i:02d}" for i in range(12)]
+  assert ds.classes() == ("calm", "excited")
   for i in range(12):
     g = got[f"u{i:02d}"]
     want = np.load(F.feature_path(os.path.join(out, "features"), f"u{i:02d}"))
-    n = want.shape[0]
-    assert g["frame_mask"].sum() == n and g["frame_mask"][:n].all()
-    np.testing.assert_array_equal(g["features"][:n], want)
-    assert not g["features"][n:].any()
+    np.testing.assert_array_equal(g.features, want)  # float32 storage: raw values
     ids, _ = wp.encode(TEXTS[i % len(TEXTS)])
-    k = len(ids)
-    np.testing.assert_array_equal(g["input_ids"][:k], ids)
-    assert g["attention_mask"].sum() == k and not g["input_ids"][k:].any()
-    assert g["label"] == i % 2
+    np.testing.assert_array_equal(g.input_ids, ids)
+    r = ds.by_id[f"u{i:02d}"]
+    assert r["label"] == ["calm", "excited"][i % 2] and r["frames"] == len(want)
+    assert r["num_tokens"] == len(ids)
+
+
+def test_loader_pads_to_buckets_with_masks(corpus):
+  out = corpus["out"]
+  ds = dataset_lib.PreparedDataset(out)
+  recs = ds.select("train+test")
+  plan = batch_plan.BatchPlan([r["frames"] for r in recs], (150, 400), 3, seed=3)
+  loader = batch_plan.PairLoader(ds, recs, plan, rows=np.arange(3), max_frames=400,
+                                 max_tokens=64)
+  seen = set()
+  for step in range(plan.steps_per_epoch):
+    bucket, ids = plan.at(step)
+    b = loader.load(step)
+    assert b["features"].shape == (3, bucket, 130)  # static bucket shapes only
+    for row, i in enumerate(ids):
+      ex = ds.example(recs[i])
+      n = len(ex.features)
+      assert b["frame_mask"][row].sum() == n and b["frame_mask"][row, :n].all()
+      np.testing.assert_allclose(b["features"][row, :n], ex.features, rtol=1e-6)
+      assert not b["features"][row, n:].any()
+      k = len(ex.input_ids)
+      np.testing.assert_array_equal(b["input_ids"][row, :k], ex.input_ids)
+      assert b["attention_mask"][row].sum() == k
+      seen.add(recs[i]["utt_id"])
+  assert len(seen) == 12  # 12 examples, batches of 3: one epoch sees every one
 
 
 def test_normalisation_uses_train_stats(corpus):
   out = corpus["out"]
-  mean, std = ip.load_stats(out)
+  ds = dataset_lib.PreparedDataset(out)
   train_x = np.concatenate([np.load(F.feature_path(os.path.join(out, "features"), f"u{i:02d}"))
                             for i in range(8)]).astype(np.float64)
-  np.testing.assert_allclose(mean, train_x.mean(0), rtol=1e-4, atol=1e-4)
-  g = read_all(out, "test", normalize=True)["u09"]
+  np.testing.assert_allclose(ds.mean, train_x.mean(0), rtol=1e-4, atol=1e-4)
+  g = read_all(out, "test", normalized=True)["u09"]
   raw = np.load(F.feature_path(os.path.join(out, "features"), "u09"))
-  np.testing.assert_allclose(g["features"][: raw.shape[0]], (raw - mean) / std, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(g.features, (raw - ds.mean) / ds.std, rtol=1e-5, atol=1e-5)
 
 
-def test_two_hosts_get_disjoint_complete_shards(corpus):
-  out = corpus["out"]
-  shards = [set(read_all(out, "train", process_index=i, process_count=2)) for i in range(2)]
-  assert shards[0] and shards[1]
-  assert not shards[0] & shards[1]
-  assert shards[0] | shards[1] == {f"u{i:02d}" for i in range(8)}
-
-
-def test_training_stream_is_deterministic_and_resumes(corpus):
-  out = corpus["out"]
-  cfg = ip.ReaderConfig(batch_size=2, max_frames=400, frame_buckets=(150, 400), seed=3,
-                        with_ids=True)
-
-  def take(start, n):
-    it = ip.make_dataset(out, "train", cfg, start_step=start).as_numpy_iterator()
-    return [next(it) for _ in range(n)]
-
-  full = take(0, 7)
-  again = take(0, 7)
-  resumed = take(4, 3)
-  for a, b in zip(full, again):
-    np.testing.assert_array_equal(a["utt_id"], b["utt_id"])
-  for a, b in zip(full[4:], resumed):
-    np.testing.assert_array_equal(a["utt_id"], b["utt_id"])
-    np.testing.assert_array_equal(a["features"], b["features"])
-
-
-def test_rerun_skips_finished_work(corpus, capsys):
+def test_rerun_skips_finished_work(corpus):
   root, out = corpus["root"], corpus["out"]
-  before = os.path.getmtime(os.path.join(ip.dataset_dir(out), "dataset_info.json"))
+  info = os.path.join(dataset_lib._tfds_dir(out), "dataset_info.json")  # pylint: disable=protected-access
+  before = os.path.getmtime(info)
   rep = prepare(read_manifest(str(root / "manifest.csv")), out,
                 PrepareOptions(name="fixture", label_names=("calm", "excited"),
                                feature_dtype="float32", num_workers=1, progress=False))
   assert rep["written"] == 12
   assert rep["extraction_workers"] == 0 or rep["audio_seconds_extracted"] == 0
-  assert os.path.getmtime(os.path.join(ip.dataset_dir(out), "dataset_info.json")) == before
+  assert os.path.getmtime(info) == before

@@ -41,3 +41,23 @@ def test_module_scales_and_respects_deterministic():
   np.testing.assert_array_equal(Dropout(1.0).apply({}, x, False), jnp.zeros_like(x))
   y2 = d.apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(1)})
   assert not np.array_equal(np.asarray(y), np.asarray(y2))
+
+
+def test_indices_never_wrap_past_the_counter_range():
+  """A flat uint32 counter would repeat past 2^32 elements. The mask of an array
+  too big to build here is checked on a small counter range: with `limit` = 1000,
+  rows of a (4, 1000) array are separate chunks, and their masks independent --
+  where a flat counter mod 1000 would give four identical rows."""
+  k = jax.random.PRNGKey(3)
+  m = np.asarray(keep_mask(k, (4, 1000), 0.5, limit=1000))
+  for i in range(1, 4):
+    agree = (m[0] == m[i]).mean()
+    assert 0.4 < agree < 0.6  # independent: ~1/2, not 1
+  # below the limit (one chunk) the mask is the single-chunk formula, unchanged
+  np.testing.assert_array_equal(keep_mask(k, (4, 250), 0.5),
+                                keep_mask(k, (4, 250), 0.5, limit=1001))
+  # chunks are axis groups from the right, each under the limit
+  from mced_jax.models.dropout import _chunks
+  assert _chunks((2, 3, 500), 1000) == [(2,), (0, 1)]
+  assert _chunks((2, 3, 100), 1000) == [(0, 1, 2)]
+  assert _chunks((16384, 250, 2048), 2 ** 32) == [(1, 2), (0,)]  # 8.4e9 elements

@@ -1,5 +1,6 @@
-"""models/matmul.py: the cpu_bf16 matmuls, convs and attention equal XLA's ops
-(forward and gradients) up to bf16 operand rounding, and fail loudly when unsupported."""
+"""models/matmul.py: inside `cpu_bf16_scope()` the matmuls, convs, attention and
+every flax Dense/DenseGeneral/Conv equal XLA's ops (forward and gradients) up to
+bf16 operand rounding, and fail loudly when unsupported."""
 
 import flax.linen as nn
 import jax
@@ -29,19 +30,6 @@ def grads(f, *args):
   return jax.jit(jax.grad(f, argnums=tuple(range(len(args)))))(*args)
 
 
-def test_implementation_resolution():
-  assert M.implementation("auto", jnp.bfloat16, "cpu") == "cpu_bf16"
-  assert M.implementation("auto", jnp.float32, "cpu") == "xla"
-  assert M.implementation("auto", jnp.bfloat16, "gpu") == "xla"
-  assert M.implementation("xla", jnp.bfloat16, "cpu") == "xla"
-  with pytest.raises(ValueError, match="needs dtype='bfloat16'"):
-    M.implementation("cpu_bf16", jnp.float32, "cpu")
-  with pytest.raises(ValueError, match="matmul must be one of"):
-    M.implementation("fast", jnp.bfloat16)
-  assert M.module_dtype("cpu_bf16", jnp.bfloat16) == jnp.float32
-  assert M.module_dtype("xla", jnp.bfloat16) == jnp.bfloat16
-
-
 def test_matmul_and_its_gradient():
   x, w, r = rand(3, 5, 24), rand(24, 40), rand(3, 5, 40)
   close(M.matmul(x, w), x @ w)
@@ -53,17 +41,25 @@ def test_matmul_and_its_gradient():
   assert not np.allclose(np.asarray(M.matmul(x, w)), np.asarray(x @ w), rtol=0, atol=1e-6)
 
 
+def in_scope(f):
+  def g(*a):
+    with M.cpu_bf16_scope():
+      return f(*a)
+  return g
+
+
 @pytest.mark.parametrize("features,axis", [((6, 4), -1), (10, (-2, -1))])
-def test_dense_general_through_dot_general(features, axis):
-  x, r = rand(2, 7, 3, 8), None
-  ref = nn.DenseGeneral(features, axis=axis)
-  fast = nn.DenseGeneral(features, axis=axis, dot_general=M.dot_general)
-  p = ref.init(jax.random.PRNGKey(0), x)
-  y = ref.apply(p, x)
-  close(fast.apply(p, x), y)
+def test_dense_general_in_the_scope(features, axis):
+  x = rand(2, 7, 3, 8)
+  layer = nn.DenseGeneral(features, axis=axis)
+  p = layer.init(jax.random.PRNGKey(0), x)
+  y = layer.apply(p, x)
+  y_fast = in_scope(layer.apply)(p, x)
+  close(y_fast, y)
+  assert not np.array_equal(np.asarray(y_fast), np.asarray(y))  # really rerouted
   r = rand(*y.shape)
-  close(grads(lambda p: (fast.apply(p, x) * r).sum(), p)[0]["params"]["kernel"],
-        grads(lambda p: (ref.apply(p, x) * r).sum(), p)[0]["params"]["kernel"])
+  close(grads(in_scope(lambda p: (layer.apply(p, x) * r).sum()), p)[0]["params"]["kernel"],
+        grads(lambda p: (layer.apply(p, x) * r).sum(), p)[0]["params"]["kernel"])
 
 
 @pytest.mark.parametrize("c_in,k,s", [(13, 5, 1), (300, 3, 2), (300, 3, 1), (7, 3, 2)])
@@ -81,12 +77,16 @@ def test_conv_equals_lax_conv(c_in, k, s):
     close(g, e)
 
 
-def test_flax_conv_uses_it():
+def test_flax_conv_in_the_scope():
   x = rand(2, 19, 9)
-  ref = nn.Conv(12, (3,), strides=(2,), padding=[(1, 1)])
-  fast = nn.Conv(12, (3,), strides=(2,), padding=[(1, 1)], **M.conv_kwargs("cpu_bf16"))
-  p = ref.init(jax.random.PRNGKey(0), x)
-  close(fast.apply(p, x), ref.apply(p, x))
+  conv = nn.Conv(12, (3,), strides=(2,), padding=[(1, 1)])
+  p = conv.init(jax.random.PRNGKey(0), x)
+  y, y_fast = conv.apply(p, x), in_scope(conv.apply)(p, x)
+  close(y_fast, y)
+  assert not np.array_equal(np.asarray(y_fast), np.asarray(y))
+  with pytest.raises(NotImplementedError, match="explicit padding"):
+    same = nn.Conv(12, (3,), padding="SAME")
+    in_scope(same.apply)(same.init(jax.random.PRNGKey(0), x), x)
 
 
 def test_unsupported_conv_is_an_error():
@@ -101,29 +101,30 @@ def test_attention_equals_dot_product_attention():
   q, k, v = rand(2, 6, 3, 8), rand(2, 9, 3, 8), rand(2, 9, 3, 8)
   mask = jnp.asarray(np.arange(9)[None] < np.array([[9], [4]]))
   r = rand(2, 6, 3, 8)
-  out = M.attention(q, k, v, mask, "cpu_bf16")
-  close(out, M.attention(q, k, v, mask, "xla"))
+  out = in_scope(M.attention)(q, k, v, mask)
+  close(out, M.attention(q, k, v, mask))
   # masked keys get no weight: changing them changes nothing
   v2 = v.at[1, 4:].set(1e3)
-  close(M.attention(q, k, v2, mask, "cpu_bf16")[1], out[1])
-  f = lambda impl: (lambda q, k, v: (M.attention(q, k, v, mask, impl) * r).sum())
-  for g, e in zip(grads(f("cpu_bf16"), q, k, v), grads(f("xla"), q, k, v)):
+  close(in_scope(M.attention)(q, k, v2, mask)[1], out[1])
+  f = lambda q, k, v: (M.attention(q, k, v, mask) * r).sum()
+  for g, e in zip(grads(in_scope(f), q, k, v), grads(f, q, k, v)):
     close(g, e)
 
 
 def test_einsum_checks_its_spec():
   with pytest.raises(ValueError, match="at least two terms"):
-    M.einsum("btd,bsd->b", rand(2, 3, 4), rand(2, 5, 4), "cpu_bf16")
+    in_scope(M.einsum)("btd,bsd->b", rand(2, 3, 4), rand(2, 5, 4))
 
 
-def test_dense_layers_intercepts_foreign_dense():
+def test_scope_intercepts_dense_and_ends():
   x = rand(4, 10)
   d = nn.Dense(6)
   p = d.init(jax.random.PRNGKey(0), x)
   y = d.apply(p, x)
-  with M.dense_layers("cpu_bf16"):
+  with M.cpu_bf16_scope():
+    assert M.active()
     y_fast = d.apply(p, x)
+  assert not M.active()
   close(y_fast, y)
   assert not np.array_equal(np.asarray(y_fast), np.asarray(y))  # really rerouted
-  with M.dense_layers("xla"):
-    np.testing.assert_array_equal(np.asarray(d.apply(p, x)), np.asarray(y))
+  np.testing.assert_array_equal(np.asarray(d.apply(p, x)), np.asarray(y))  # scope over

