@@ -158,6 +158,15 @@ def get_config(arg: str | None = None):
   # go on) or "stop" (raise; the last good checkpoint stays intact).
   c.distill.on_nonfinite = "skip"
   # Multi-host: how often hosts agree on a stop signal (a host sync each time).
+  # CHOICE: the feature-level loss over "all" teacher tokens ([CLS] and [SEP]
+  # included) or "words" only (the paper's queries are the words' states; BERT's
+  # [CLS]/[SEP] states have outlier norms). See README, RAVDESS.
+  c.distill.fl_tokens = "all"
+  # Paper 3.1.2: keep pairs whose teacher confidence (top softmax probability) is
+  # at least this (0 = all pairs). teacher_report writes what the teacher sees in
+  # the pairs (distill/teacher_on_pairs.json) even without selection.
+  c.distill.min_teacher_confidence = 0.0
+  c.distill.teacher_report = False
   c.distill.preemption_check_every = 10
 
   # ---------------- input ----------------
@@ -178,6 +187,12 @@ def get_config(arg: str | None = None):
   c.data.feature_dtype = "float16"  # shards hold standardised features in fp16
   c.data.min_pair_seconds = 1.5  # paper 3.1.2: pairs under 1.5 s are dropped
   c.data.min_pair_words = 2  # paper 3.1.2: one-word transcripts are dropped
+  # Long-utterance rule: pairs longer than this are dropped at preparation
+  # (0 = keep; the reader then truncates audio beyond max_frames and counts it).
+  c.data.max_pair_seconds = 0.0
+  # "global": standardise with the train split's statistics; "speaker": each
+  # speaker with its own (no labels; legitimate for unseen speakers).
+  c.data.normalize = "global"
   c.data.split = "train"
   # CHOICE: 3 static frame buckets bound recompilation to 3 shapes while padding
   # wastes < 2x on short clips.

@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from data_pipelines.features import FEATURE_DIM
+from data_pipelines.records import speaker_key
 from mced_jax import fs
 
 __all__ = ["FEATURE_DIM", "PreparedDataset", "Example"]
@@ -72,6 +73,16 @@ class PreparedDataset:
     self.mean = np.asarray(stats["mean"], np.float32)
     self.std = np.asarray(stats["std"], np.float32)
     self.stored = stats.get("stored", "raw")  # "normalized" (float16) or "raw"
+    # "global" (train-split statistics) or "speaker" (each speaker its own).
+    self.normalize = stats.get("normalize", "global")
+    self.speaker_stats = {k: (np.asarray(v["mean"], np.float32), np.asarray(v["std"], np.float32))
+                          for k, v in (stats.get("speakers") or {}).items()}
+
+  def stats_for(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) that standardise this record: its speaker's, or the global ones."""
+    if self.normalize != "speaker":
+      return self.mean, self.std
+    return self.speaker_stats[speaker_key(record.get("speaker", ""), record["utt_id"])]
 
   @property
   def name(self) -> str:
@@ -121,10 +132,9 @@ class PreparedDataset:
     if x.ndim != 2 or x.shape[1] != FEATURE_DIM:
       raise ValueError(f"{self.path}: {uid} has features of shape {x.shape}, expected "
                        f"[T, {FEATURE_DIM}]")
-    if normalized and self.stored == "raw":
-      x = (x - self.mean) / self.std
-    elif not normalized and self.stored == "normalized":
-      x = x * self.std + self.mean
+    if normalized != (self.stored == "normalized"):
+      mean, std = self.stats_for(record)
+      x = (x - mean) / std if normalized else x * std + mean
     return Example(uid, x, np.asarray(ex["input_ids"], np.int32))
 
   def features(self, records, normalized: bool = True) -> dict:

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from data_pipelines import features as feat_lib
-from data_pipelines.records import Utterance, by_split
+from data_pipelines.records import Utterance, by_split, speaker_key
 from data_pipelines.tokenize import WordPiece, clean_text, word_count
 
 
@@ -45,8 +45,31 @@ class PrepareOptions:
   manual_dir: str | None = None  # licensed corpora (IEMOCAP, MELD): where the user put it
   min_pair_seconds: float = 1.5
   min_pair_words: int = 2
+  # Long-utterance rule: pairs longer than this are dropped (0 = keep all; the
+  # reader then truncates audio beyond data.max_frames and counts it). Dropping,
+  # not cutting: a cut clip keeps the whole transcript, so the teacher would
+  # describe words the student never hears.
+  max_pair_seconds: float = 0.0
+  # "global": standardise with the train split's statistics; "speaker": each
+  # speaker with the statistics of all its own utterances (no labels, no other
+  # speaker's data); an utterance without a speaker is its own speaker.
+  normalize: str = "global"
   num_workers: int = 0  # 0: all cores
   progress: bool = True
+
+
+def feature_stats(paths) -> tuple[np.ndarray, np.ndarray, int]:
+  """Frame-weighted per-dimension (mean, std, frames) over raw .npy features."""
+  total, total_sq, n = np.zeros(feat_lib.FEATURE_DIM), np.zeros(feat_lib.FEATURE_DIM), 0
+  for p in paths:
+    x = np.load(p).astype(np.float64)
+    total += x.sum(0)
+    total_sq += (x * x).sum(0)
+    n += x.shape[0]
+  mean = total / max(n, 1)
+  std = np.sqrt(np.maximum(total_sq / max(n, 1) - mean ** 2, 0.0))
+  std = np.where(std < 1e-6, 1.0, std)  # constant dims: leave unscaled
+  return mean, std, n
 
 
 def _fail(skipped, r, reason):
@@ -99,35 +122,48 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
       _fail(skipped, r, f"pair filter: {info['seconds']:.2f} s < {opts.min_pair_seconds} s")
     elif opts.filter_pairs and word_count(r.text) < opts.min_pair_words:
       _fail(skipped, r, f"pair filter: fewer than {opts.min_pair_words} words")
+    elif (opts.filter_pairs and opts.max_pair_seconds > 0
+          and info["seconds"] > opts.max_pair_seconds):
+      _fail(skipped, r, f"long-utterance rule: {info['seconds']:.2f} s > "
+                        f"{opts.max_pair_seconds} s")
     else:
       final.append(r)
   if not final:
     raise ValueError(f"{opts.name}: every utterance was skipped; first reasons: "
                      f"{list(skipped.values())[:5]}")
   splits = by_split(final)
-  # 4. Per-dimension statistics on the train split (all data if there is none).
-  stats_recs = splits.get("train", final)
-  total, total_sq, n = np.zeros(feat_lib.FEATURE_DIM), np.zeros(feat_lib.FEATURE_DIM), 0
-  for r in stats_recs:
-    x = np.load(feat_lib.feature_path(cache, r.utt_id)).astype(np.float64)
-    total += x.sum(0)
-    total_sq += (x * x).sum(0)
-    n += x.shape[0]
-  mean = total / n
-  std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 0.0))
-  std = np.where(std < 1e-6, 1.0, std)  # constant dims: leave unscaled
+  # 4. Per-dimension statistics on the train split (all data if there is none),
+  #    and per speaker when asked.
+  if opts.normalize not in ("global", "speaker"):
+    raise ValueError(f"normalize must be 'global' or 'speaker', got {opts.normalize!r}")
+  mean, std, n = feature_stats([feat_lib.feature_path(cache, r.utt_id)
+                                for r in splits.get("train", final)])
+  speakers = {}
+  if opts.normalize == "speaker":
+    groups = {}
+    for r in final:
+      groups.setdefault(speaker_key(r.speaker, r.utt_id), []).append(r.utt_id)
+    for key, ids in groups.items():
+      m, s, _ = feature_stats([feat_lib.feature_path(cache, u) for u in ids])
+      speakers[key] = {"mean": m.tolist(), "std": s.tolist()}
   # Raw IS16 values reach ~1e7 (spectral variance), beyond float16's 65504, so
   # float16 storage holds *standardised* features; float32 storage keeps raw ones.
   stored = "normalized" if opts.feature_dtype == "float16" else "raw"
   with open(os.path.join(out_dir, "feature_stats.json"), "w", encoding="utf-8") as f:
     json.dump({"mean": mean.tolist(), "std": std.tolist(), "frames": int(n),
-               "split": "train" if "train" in splits else "all", "stored": stored}, f)
+               "split": "train" if "train" in splits else "all", "stored": stored,
+               "normalize": opts.normalize, "speakers": speakers}, f)
+  if speakers:
+    by_id = {r.utt_id: speakers[speaker_key(r.speaker, r.utt_id)] for r in final}
+    norm = lambda u: (np.asarray(by_id[u]["mean"]), np.asarray(by_id[u]["std"]))
+  else:
+    norm = lambda u: (mean, std)
   # 5. TFRecords through the TFDS builder (skipped when already prepared).
   cfg = PairsConfig(name=opts.name, label_names=tuple(opts.label_names),
                     feature_dtype=opts.feature_dtype, manual=bool(opts.manual_dir),
                     description=f"MCED utterances of corpus {opts.name}")
   builder = MCEDPairs(records_by_split=splits, cache_dir=cache, tokens_by_id=tokens,
-                      normalize=(mean, std) if stored == "normalized" else None,
+                      normalize=norm if stored == "normalized" else None,
                       data_dir=os.path.join(out_dir, "tfds"), config=cfg,
                       file_format="array_record")
   builder.download_and_prepare(
@@ -146,6 +182,8 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
       "labels": ({k: sum(r.label == k for r in final) for k in opts.label_names}
                  if opts.label_names else None),
       "transcripts_truncated": truncated,
+      "dropped_long": sum("long-utterance rule" in v for v in skipped.values()),
+      "normalize": opts.normalize,
       "audio_seconds_extracted": rep.audio_seconds,
       "extraction_wall_seconds": rep.wall_seconds,
       "extraction_workers": rep.workers,

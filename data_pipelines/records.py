@@ -21,3 +21,9 @@ def by_split(records) -> dict[str, list[Utterance]]:
   for r in records:
     out.setdefault(r.split, []).append(r)
   return out
+
+
+def speaker_key(speaker: str, utt_id: str) -> str:
+  """Per-speaker statistics group of an utterance: its speaker, or itself when the
+  corpus names none (a speaker of one utterance)."""
+  return speaker if speaker else f"utt:{utt_id}"

@@ -44,4 +44,5 @@ def run(config, layout) -> dict:
   return prepare_corpus(corpus, root, layout.pairs(config),
                         extra=corpora.parse_extra(d.extra_corpora), max_tokens=d.max_tokens,
                         min_pair_seconds=d.min_pair_seconds, min_pair_words=d.min_pair_words,
+                        max_pair_seconds=d.max_pair_seconds, normalize=d.normalize,
                         feature_dtype=d.feature_dtype)

@@ -63,10 +63,11 @@ def fingerprint(config, corpus, protocol: str) -> str:
 
 
 def corpus_path(config, layout) -> str:
-  """The labelled corpus's prepared dir; prepares `finetune.corpus` on first use."""
+  """The labelled corpus's prepared dir; prepares `finetune.corpus` there (at
+  finetune.data_path, or WORKDIR/data/<corpus>) on first use."""
   f = config.finetune
   path = layout.finetune_corpus(config)
-  if f.data_path or not f.corpus or fs.exists(fs.join(path, "records.jsonl")):
+  if not f.corpus or fs.exists(fs.join(path, "records.jsonl")):
     return path
   from data_pipelines import corpora  # pylint: disable=import-outside-toplevel
   from data_pipelines.stage import prepare_corpus  # pylint: disable=import-outside-toplevel

@@ -2,6 +2,10 @@
 
     python -m mced_jax.predict --checkpoint=runs/mced/finetune/model_mced clip.wav dir/ ...
 
+A classifier trained with per-speaker standardisation (finetune.normalize=speaker)
+standardises each speaker's files with their own statistics: one folder is one
+speaker, or --speakers=map.csv (path,speaker) says who is who.
+
 `--checkpoint` is an exported classifier (model.json + params.msgpack; the
 finetune stage writes WORKDIR/finetune/model_mced and model_scratch), or a work dir
 holding one. PATHs are audio files in any common format and sample rate (wav,
@@ -64,8 +68,14 @@ class Predictor:
                        "classifier (use WORKDIR/finetune/model_mced)")
     s = meta["student"]
     self.classes = list(meta["classes"])
-    self.mean = np.asarray(meta["feature_mean"], np.float32)
-    self.std = np.asarray(meta["feature_std"], np.float32)
+    # "fold": the training speakers' statistics (in the export); "speaker": each
+    # speaker's own, computed here over that speaker's files.
+    self.normalize = meta.get("normalize") or "fold"
+    if self.normalize == "speaker":
+      self.mean = self.std = None
+    else:
+      self.mean = np.asarray(meta["feature_mean"], np.float32)
+      self.std = np.asarray(meta["feature_std"], np.float32)
     self.buckets = sorted(meta.get("frame_buckets") or [1000])
     self.min_seconds = min_seconds
     model = student_from_config(types.SimpleNamespace(**{**s, "num_classes": len(self.classes)}))
@@ -89,38 +99,86 @@ class Predictor:
       raise F.BadAudio(f"{path}: openSMILE produced no frames")
     return x
 
-  def predict_features(self, x: np.ndarray) -> np.ndarray:
+  def predict_features(self, x: np.ndarray, stats=None) -> np.ndarray:
+    """Class probabilities of raw features x; `stats` = (mean, std) of x's speaker
+    for a per-speaker model."""
+    mean, std = stats if stats is not None else (self.mean, self.std)
+    if mean is None:
+      raise ValueError("this classifier standardises each speaker with its own "
+                       "statistics: give the speaker's (mean, std)")
     t = self.frames_for(len(x))
     feats = np.zeros((1, t, x.shape[1]), np.float32)
-    feats[0, : len(x)] = (x - self.mean) / self.std
+    feats[0, : len(x)] = (x - mean) / std
     mask = np.zeros((1, t), bool)
     mask[0, : len(x)] = True
     return np.asarray(self._fn(self._params, feats, mask))[0]
 
-  def predict_file(self, path: str) -> dict:
-    x = self.features(path)
-    probs = self.predict_features(x)
+  def result(self, path: str, x: np.ndarray, stats=None) -> dict:
+    probs = self.predict_features(x, stats)
     return {"path": path, "seconds": round(len(x) / 100.0, 2),
             "prediction": self.classes[int(probs.argmax())],
             "probabilities": {c: float(p) for c, p in zip(self.classes, probs)}}
 
+  def predict_file(self, path: str) -> dict:
+    x = self.features(path)
+    return self.result(path, x, speaker_stats([x]) if self.normalize == "speaker" else None)
 
-def predict_paths(checkpoint: str, paths, progress: bool = True):
-  """(results, skipped [(path, reason)]) for files and directories."""
+
+def speaker_stats(xs) -> tuple[np.ndarray, np.ndarray]:
+  """Frame-weighted (mean, std) over one speaker's raw features (as in training)."""
+  x = np.concatenate(xs, 0).astype(np.float64)
+  std = x.std(0)
+  return x.mean(0).astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)
+
+
+def read_speakers(path: str) -> dict:
+  """CSV with columns path,speaker -> {absolute path: speaker}."""
+  with open(path, encoding="utf-8", newline="") as f:
+    rows = list(csv.DictReader(f))
+  if not rows or not {"path", "speaker"} <= set(rows[0]):
+    raise ValueError(f"{path}: a speaker map needs the columns path,speaker")
+  return {os.path.abspath(r["path"]): r["speaker"] for r in rows}
+
+
+def predict_paths(checkpoint: str, paths, progress: bool = True, speakers: str = ""):
+  """(results, skipped [(path, reason)], classes) for files and directories.
+
+  A per-speaker model ("speaker" normalisation) standardises each speaker's files
+  with that speaker's statistics: speakers come from `speakers` (a path,speaker
+  CSV), else each folder is one speaker."""
   from data_pipelines.features import BadAudio  # pylint: disable=import-outside-toplevel
   files, skipped = collect_files(paths)
   if not files and not skipped:
     raise FileNotFoundError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {paths}")
   pred = Predictor(checkpoint)
-  results = []
+  spk = read_speakers(speakers) if speakers else {}
+  feats = {}
   it = files
   if progress and len(files) > 1:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    it = tqdm(files, desc="predict", unit="file", file=sys.stderr)
+    it = tqdm(files, desc="features", unit="file", file=sys.stderr)
   for f in it:
     try:
-      results.append(pred.predict_file(f))
+      feats[f] = pred.features(f)
     except (BadAudio, OSError, RuntimeError, ValueError) as e:
+      skipped.append((f, str(e)))
+  groups = {}
+  for f in feats:
+    key = spk.get(os.path.abspath(f), os.path.dirname(os.path.abspath(f)))
+    groups.setdefault(key, []).append(f)
+  stats = {}
+  if pred.normalize == "speaker":
+    for key, members in groups.items():
+      stats.update(dict.fromkeys(members, speaker_stats([feats[f] for f in members])))
+    small = [k for k, m in groups.items() if len(m) < 5]
+    if small:
+      print(f"note: {len(small)} speaker(s) have fewer than 5 files; their statistics are "
+            "noisy (per-speaker model)", file=sys.stderr)
+  results = []
+  for f, x in feats.items():
+    try:
+      results.append(pred.result(f, x, stats.get(f)))
+    except (RuntimeError, ValueError) as e:
       skipped.append((f, str(e)))
   return results, skipped, pred.classes
 
@@ -148,6 +206,8 @@ def _flags():
   flags.DEFINE_string("checkpoint", None, "exported classifier dir "
                       "(WORKDIR/finetune/model_mced) or a work dir", flag_values=fv)
   flags.DEFINE_string("out", "predictions.csv", "output file, .csv or .json", flag_values=fv)
+  flags.DEFINE_string("speakers", "", "CSV path,speaker for a per-speaker model (default: "
+                      "one speaker per folder)", flag_values=fv)
   return fv
 
 
@@ -164,7 +224,7 @@ def main(argv) -> int:
           file=sys.stderr)
     return 2
   try:
-    results, skipped, classes = predict_paths(fv.checkpoint, paths)
+    results, skipped, classes = predict_paths(fv.checkpoint, paths, speakers=fv.speakers)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

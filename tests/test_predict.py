@@ -67,3 +67,38 @@ def test_predict_bad_checkpoint(tmp_path):
   assert predict.main(["predict", str(tmp_path)]) == 2  # no --checkpoint: usage
   with pytest.raises(FileNotFoundError, match="no exported classifier"):
     predict.resolve_checkpoint(str(tmp_path))
+
+
+def test_per_speaker_classifier_standardises_each_speaker_alone(tmp_path, tiny_config):
+  """A classifier fine-tuned with per-speaker statistics: each folder (or each
+  --speakers entry) is standardised with its own files' statistics, so a file's
+  prediction depends on its speaker's other files and on nobody else's."""
+  s = tiny_config.student
+  model = student_from_config(s).clone(num_classes=len(CLASSES))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 130)), jnp.ones((1, 16), bool))
+  ckpt = str(tmp_path / "model")
+  export.save(ckpt, params["params"], {
+      "kind": "emotion_classifier", "student": {**export.student_dict(s), "num_classes": 3},
+      "classes": CLASSES, "feature_mean": None, "feature_std": None, "normalize": "speaker",
+      "frame_buckets": [250, 500]})
+  a = [write_wav(str(tmp_path / "a" / f"{i}.wav"), 1.0 + i / 2, seed=i, f0=110) for i in range(2)]
+  b = [write_wav(str(tmp_path / "b" / f"{i}.wav"), 1.0, seed=9 + i, f0=240) for i in range(2)]
+  res, skipped, _ = predict.predict_paths(ckpt, [str(tmp_path / "a"), str(tmp_path / "b")],
+                                          progress=False)
+  assert not skipped
+  probs = {r["path"]: np.array(list(r["probabilities"].values())) for r in res}
+  # Speaker a alone gives a's files the same probabilities as a and b together.
+  alone, _, _ = predict.predict_paths(ckpt, [str(tmp_path / "a")], progress=False)
+  for r in alone:
+    np.testing.assert_allclose(list(r["probabilities"].values()), probs[r["path"]], atol=1e-6)
+  # Declaring a[0] and b[0] one speaker through --speakers changes their statistics.
+  spk = tmp_path / "spk.csv"
+  spk.write_text("path,speaker\n" + "".join(f"{p},{n}\n" for p, n in zip(
+      a + b, ["x", "a1", "x", "b1"])))
+  mixed, _, _ = predict.predict_paths(ckpt, a + b, progress=False, speakers=str(spk))
+  moved = {r["path"]: np.array(list(r["probabilities"].values())) for r in mixed}
+  assert np.abs(moved[a[0]] - probs[a[0]]).max() > 1e-6
+  # A single file is its own speaker: the model runs, never uses global statistics.
+  pred = predict.Predictor(ckpt)
+  with pytest.raises(ValueError, match="each speaker"):
+    pred.predict_features(np.zeros((50, 130), np.float32))

@@ -38,7 +38,8 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, records_by_split=None, cache_dir=None, tokens_by_id=None,
                normalize=None, **kwargs):
     # Inputs for generation; absent when the builder only reads prepared data.
-    # `normalize` = (mean, std) standardises features before storage (float16).
+    # `normalize`: utt_id -> (mean, std) standardises features before storage
+    # (float16); one pair for all utterances, or each speaker's own.
     self._normalize = normalize
     self._records_by_split = records_by_split or {}
     self._cache_dir = cache_dir
@@ -73,7 +74,11 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     for r in records:
       x = np.load(feat_lib.feature_path(self._cache_dir, r.utt_id))
-      stored = x if self._normalize is None else (x - self._normalize[0]) / self._normalize[1]
+      if self._normalize is None:
+        stored = x
+      else:
+        mean, std = self._normalize(r.utt_id)
+        stored = (x - mean) / std
       stored = stored.astype(cfg.feature_dtype)
       if not np.isfinite(stored).all():
         raise ValueError(f"{r.audio_path}: features overflow {cfg.feature_dtype} storage")

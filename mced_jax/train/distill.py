@@ -5,8 +5,8 @@ The objective (paper eq. 1-4), per step:
   teacher forward (no gradient) -> student forward -> soft-align per layer pair
   -> L = L_RL + sum_j lambda_j L_FL,j -> AdamW update of student + soft-align.
 
-`build()` makes models, optimizer and state; `batches()` feeds the global batch
-plan (or SYNTHETIC pairs); loop, step and checkpoints are mced_jax/train/kit.py's.
+`build()` makes models, optimizer and state; `batches()` (train/pairs.py) feeds the
+global batch plan (or SYNTHETIC pairs); loop, step and checkpoints are mced_jax/train/kit.py's.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from mced_jax.models import soft_align as soft_align_lib
 from mced_jax.models import student as student_lib
 from mced_jax.models import teacher as teacher_lib
 from mced_jax.train import kit
+from mced_jax.train import pairs
+from mced_jax.train.pairs import batches  # the input; tests patch distill.batches
 
 
 def validate(config, teacher) -> None:
@@ -43,6 +45,8 @@ def validate(config, teacher) -> None:
     raise ValueError("out of range: " + ", ".join(bad))
   if d.temperature <= 0:
     raise ValueError(f"distill.temperature must be > 0, got {d.temperature}")
+  if d.fl_tokens not in ("all", "words"):
+    raise ValueError(f"distill.fl_tokens must be 'all' or 'words', got {d.fl_tokens!r}")
   if s.num_classes != teacher.config.num_labels:
     raise ValueError(f"student.num_classes={s.num_classes} but the teacher has "
                      f"{teacher.config.num_labels} labels: RL needs the same classes")
@@ -76,6 +80,9 @@ class Distillation:
     aligned = self.align.apply({"params": params["align"]}, t_states,
                                [s_hidden[n] for n in d.student_layers], s_mask)
     token_mask = batch["attention_mask"].astype(bool) & example_mask[:, None]
+    if d.fl_tokens == "words":  # the paper's queries: word states, not [CLS]/[SEP]
+      pos, n = jnp.arange(token_mask.shape[1]), batch["attention_mask"].sum(-1, keepdims=True)
+      token_mask &= (pos > 0) & (pos < n - 1)
     fls = [losses.feature_mse(h_t, h_a, token_mask) for h_t, h_a in zip(t_states, aligned)]
     total = losses.mced_loss(rl, fls, d.lambdas, d.rl_weight)
     aux = {"loss": total, "rl": rl}
@@ -125,51 +132,6 @@ def build(config, mesh=None, teacher=None, teacher_dir=None) -> Distillation:
   return dist
 
 
-def batches(config, layout, mesh, vocab: int):
-  """(source name, start_step -> iterator of global batches for this process,
-  feature (mean, std) of prepared data or None)."""
-  d, b = config.data, config.distill.batch_size
-  shd.check_batch(b, mesh)
-  rows = shd.host_rows(mesh, b)
-  if d.source == "synthetic":
-    from mced_jax.synthetic import SyntheticPairs  # pylint: disable=import-outside-toplevel
-    src = SyntheticPairs(b, d.max_frames, d.max_tokens,
-                         vocab if config.teacher.source == "random" else 30522,
-                         feature_dim=config.student.feature_dim, min_frames=d.min_frames,
-                         min_tokens=d.min_tokens, seed=config.seed)
-    name, stats = "synthetic", None
-    stream = lambda start: ({k: v[rows] for k, v in src.global_batch_at(s).items()}
-                            for s in range(start, 10 ** 12))
-  elif d.source == "prepared":
-    # Only here does distillation touch the data pipeline (TFDS ArrayRecord + grain).
-    from data_pipelines import batch_plan, buckets, dataset  # pylint: disable=import-outside-toplevel
-    ds = dataset.PreparedDataset(layout.pairs(config))
-    recs = ds.select(d.split)
-    plan = batch_plan.BatchPlan([r["frames"] for r in recs],
-                                buckets.frame_buckets(d.frame_buckets, d.max_frames), b,
-                                config.seed)
-    loader = batch_plan.PairLoader(ds, recs, plan, rows, d.max_frames, d.max_tokens,
-                                   num_threads=d.reader_threads)
-    name, stream, stats = f"prepared:{ds.path}:{d.split}", loader.iterator, (ds.mean, ds.std)
-    logging.info("distill: %d pairs of %s, %d steps per epoch", len(recs), ds.path,
-                 plan.steps_per_epoch)
-  else:
-    raise ValueError(f"unknown data.source {d.source!r}; known: synthetic, prepared")
-
-  def to_global(local):
-    if local["features"].shape[-1] != config.student.feature_dim:
-      raise ValueError(f"input features have {local['features'].shape[-1]} dims, the "
-                       f"student expects {config.student.feature_dim} (IS16 LLD + deltas)")
-    if local["input_ids"].size and local["input_ids"].max() >= vocab:  # jax would clamp
-      raise ValueError(f"token id {int(local['input_ids'].max())} >= the teacher's vocab "
-                       f"size {vocab}: data and teacher use different vocabularies")
-    counts = {k: v for k, v in local.items() if k.startswith("count_")}
-    arrays = {k: v for k, v in local.items() if not k.startswith("count_")}
-    return {**shd.global_batch(arrays, rows, mesh), **counts}
-
-  return name, lambda start: (to_global(local) for local in stream(start)), stats
-
-
 def train(config, layout, out_dir: str | None = None) -> kit.Result:
   """Runs (or resumes) distillation into out_dir (default WORKDIR/distill) and
   exports the student when it reaches num_steps."""
@@ -177,7 +139,13 @@ def train(config, layout, out_dir: str | None = None) -> kit.Result:
   out = out_dir or layout.stage("distill")
   teacher_dir = layout.teacher_dir(config)
   dist = build(config, teacher_dir=teacher_dir)
-  name, feed, stats = batches(config, layout, dist.mesh, dist.teacher.config.vocab_size)
+  def select(ds, recs):  # what the teacher sees in the pairs; paper 3.1.2's selection
+    if not (d.teacher_report or d.min_teacher_confidence > 0):
+      return recs
+    per = pairs.teacher_on_pairs(dist, ds, recs, out)
+    return pairs.select(recs, per, d.min_teacher_confidence)
+
+  name, feed, stats = batches(config, layout, dist.mesh, dist.teacher.config.vocab_size, select)
   layout.save_config(out, config, teacher_dir=teacher_dir, data=name,
                      precision=dist.policy.describe(), mesh=dict(dist.mesh.shape))
   logging.info("distill: global batch %d, mesh %s, %s, source %s", d.batch_size,

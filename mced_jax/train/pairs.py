@@ -1,0 +1,137 @@
+"""Distillation input: `batches()` streams the global batch plan of prepared pairs
+(or synthetic ones); the rest is what the teacher sees in the pairs, and the
+paper's confidence-based pair selection (3.1.2: "we select the emotion salient utterances based on the
+prediction probability").
+
+`teacher_on_pairs` runs the frozen teacher over every pair's transcript once and
+writes `<distill>/teacher_on_pairs.json`: the predicted class distribution, the
+confidence (top softmax probability) quantiles, how many pairs each threshold
+keeps, and per-utterance predictions (reused on resume). `select` keeps the pairs
+whose confidence reaches `distill.min_teacher_confidence` (0 = all).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from absl import logging
+
+from data_pipelines import buckets as buckets_lib
+from mced_jax import fs
+from mced_jax import sharding as shd
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def teacher_probs(teacher, params, ids, batch_size: int = 64) -> np.ndarray:
+  """Softmax of the teacher's logits for each token-id sequence, [N, C]."""
+  fwd = jax.jit(lambda p, x, m: jax.nn.softmax(teacher.apply(p, x, m)[0], -1))
+  lengths = [len(x) for x in ids]
+  sizes = buckets_lib.token_buckets((16, 32, 64), max(max(lengths), 1))
+  out = np.zeros((len(ids), teacher.config.num_labels), np.float32)
+  for idx, length in buckets_lib.bucketed_batches(lengths, batch_size, sizes):
+    b = buckets_lib.pad_token_rows(ids, idx, length, batch_size)
+    probs = np.asarray(fwd(params, b["input_ids"], b["attention_mask"]))
+    out[idx] = probs[: len(idx)]
+  return out
+
+
+def summary(probs: np.ndarray, labels) -> dict:
+  conf, pred = probs.max(-1), probs.argmax(-1)
+  n = len(probs)
+  return {
+      "pairs": n,
+      "predicted_class_share": {c: float((pred == i).mean()) for i, c in enumerate(labels)},
+      "mean_probability": {c: float(probs[:, i].mean()) for i, c in enumerate(labels)},
+      "confidence_quantiles": {q: float(np.quantile(conf, float(q)))
+                               for q in ("0.1", "0.25", "0.5", "0.75", "0.9")},
+      "kept_at_threshold": {str(t): int((conf >= t).sum()) for t in THRESHOLDS},
+      "kept_class_share_at_0.6": {c: float(((pred == i) & (conf >= 0.6)).sum()
+                                           / max(1, (conf >= 0.6).sum()))
+                                  for i, c in enumerate(labels)},
+  }
+
+
+def teacher_on_pairs(dist, ds, recs, out_dir: str) -> dict:
+  """{utt_id: (class index, confidence)} of the teacher on the pairs; cached."""
+  path = fs.join(out_dir, "teacher_on_pairs.json")
+  if fs.exists(path):
+    cached = fs.read_json(path)
+    per = cached.get("per_utterance", {})
+    if all(r["utt_id"] in per for r in recs):
+      return {u: tuple(v) for u, v in per.items()}
+  ids = [ds.example(r).input_ids for r in recs]
+  params = dist.teacher_params
+  probs = teacher_probs(dist.teacher, params, ids)
+  labels = [dist.teacher.config.id2label.get(i, str(i))
+            for i in range(dist.teacher.config.num_labels)]
+  report = summary(probs, labels)
+  report["labels"] = labels
+  report["per_utterance"] = {r["utt_id"]: [int(p.argmax()), round(float(p.max()), 5)]
+                             for r, p in zip(recs, probs)}
+  if jax.process_index() == 0:
+    fs.write_json(path, report)
+  logging.info("teacher on %d pairs: predicted %s; median confidence %.2f",
+               len(recs), {k: round(v, 3) for k, v in report["predicted_class_share"].items()},
+               report["confidence_quantiles"]["0.5"])
+  return {u: tuple(v) for u, v in report["per_utterance"].items()}
+
+
+def select(recs, per_utterance: dict, min_confidence: float) -> list:
+  """The pairs whose teacher confidence reaches min_confidence (all when 0)."""
+  if min_confidence <= 0:
+    return recs
+  kept = [r for r in recs if per_utterance[r["utt_id"]][1] >= min_confidence]
+  if not kept:
+    raise ValueError(f"distill.min_teacher_confidence={min_confidence} keeps none of "
+                     f"{len(recs)} pairs; see teacher_on_pairs.json for the quantiles")
+  logging.info("pair selection: %d of %d pairs have teacher confidence >= %.2f",
+               len(kept), len(recs), min_confidence)
+  return kept
+
+
+def batches(config, layout, mesh, vocab: int, select=None):
+  """(source name, start_step -> iterator of global batches for this process,
+  feature (mean, std) of prepared data or None). `select(ds, records)` may drop
+  prepared pairs (teacher-confidence selection)."""
+  d, b = config.data, config.distill.batch_size
+  shd.check_batch(b, mesh)
+  rows = shd.host_rows(mesh, b)
+  if d.source == "synthetic":
+    from mced_jax.synthetic import SyntheticPairs  # pylint: disable=import-outside-toplevel
+    src = SyntheticPairs(b, d.max_frames, d.max_tokens,
+                         vocab if config.teacher.source == "random" else 30522,
+                         feature_dim=config.student.feature_dim, min_frames=d.min_frames,
+                         min_tokens=d.min_tokens, seed=config.seed)
+    name, stats = "synthetic", None
+    stream = lambda start: ({k: v[rows] for k, v in src.global_batch_at(s).items()}
+                            for s in range(start, 10 ** 12))
+  elif d.source == "prepared":
+    # Only here does distillation touch the data pipeline (TFDS ArrayRecord + grain).
+    from data_pipelines import batch_plan, buckets, dataset  # pylint: disable=import-outside-toplevel
+    ds = dataset.PreparedDataset(layout.pairs(config))
+    recs = ds.select(d.split)
+    recs = select(ds, recs) if select else recs
+    plan = batch_plan.BatchPlan([r["frames"] for r in recs],
+                                buckets.frame_buckets(d.frame_buckets, d.max_frames), b,
+                                config.seed)
+    loader = batch_plan.PairLoader(ds, recs, plan, rows, d.max_frames, d.max_tokens,
+                                   num_threads=d.reader_threads)
+    name, stream, stats = f"prepared:{ds.path}:{d.split}", loader.iterator, (ds.mean, ds.std)
+    logging.info("distill: %d pairs of %s, %d steps per epoch", len(recs), ds.path,
+                 plan.steps_per_epoch)
+  else:
+    raise ValueError(f"unknown data.source {d.source!r}; known: synthetic, prepared")
+
+  def to_global(local):
+    if local["features"].shape[-1] != config.student.feature_dim:
+      raise ValueError(f"input features have {local['features'].shape[-1]} dims, the "
+                       f"student expects {config.student.feature_dim} (IS16 LLD + deltas)")
+    if local["input_ids"].size and local["input_ids"].max() >= vocab:  # jax would clamp
+      raise ValueError(f"token id {int(local['input_ids'].max())} >= the teacher's vocab "
+                       f"size {vocab}: data and teacher use different vocabularies")
+    counts = {k: v for k, v in local.items() if k.startswith("count_")}
+    arrays = {k: v for k, v in local.items() if not k.startswith("count_")}
+    return {**shd.global_batch(arrays, rows, mesh), **counts}
+
+  return name, lambda start: (to_global(local) for local in stream(start)), stats
