@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 CONFIG ?= configs/mced.py
 WORKDIR ?= runs/mced
 
-.PHONY: venv run test benchmark clean
+.PHONY: venv run test benchmark ravdess-real clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,18 @@ run: venv
 
 benchmark: venv
 	$(PYTHON) -m mced_jax.main --config=configs/benchmark.py --workdir=runs/benchmark
+
+# Issue 14's RAVDESS experiment (configs/ravdess_real.py): the teacher once, then
+# each variant in its own work dir; every stage and fine-tuning run is cached, so
+# re-running continues where it stopped. Hours on 2 cores (README, RAVDESS).
+RAVDESS_VARIANTS ?= demo real both real,speaker both,speaker
+ravdess-real: venv
+	$(PYTHON) -m mced_jax.main --config=configs/ravdess_real.py:teacher \
+	  --workdir=runs/ravdess_real/teacher
+	for v in $(RAVDESS_VARIANTS); do \
+	  $(PYTHON) -m mced_jax.main --config=configs/ravdess_real.py:$$v \
+	    --workdir=runs/ravdess_real/$$(echo $$v | tr , _) || exit 1; \
+	done
 
 # Two workers (the tests compile and spawn processes; one core each is the sweet
 # spot on 2 cores); a test file's tests stay on one worker (shared fixtures).

@@ -226,10 +226,16 @@ def get_config(arg: str | None = None):
   c.finetune.ablation_seeds = (0,)  # Tables 6 and 7
   c.finetune.fractions = (1 / 2, 1 / 3, 1 / 5)  # Table 7
   c.finetune.init_dir = ""  # distilled student export; "" = WORKDIR/distill/student
+  # Where finished runs are cached ("" = WORKDIR/finetune/runs). Work dirs may share
+  # one: runs are keyed by setup and initialisation, so scratch runs train once.
+  c.finetune.cache_dir = ""
   c.finetune.select_metric = "UAR"  # paper: UAR (IEMOCAP), WF1 (MELD)
   # CHOICE: 6 epochs keep the default demo job under 15 min on 2 cores (the demo
   # converges by then); real corpora: 10-20 (configs/ravdess.py, configs/paper.py).
   c.finetune.epochs = 6
+  # Early stopping: end a run when validation has not improved for this many
+  # epochs (0 = run every epoch; the best validation epoch is selected either way).
+  c.finetune.patience = 0
   c.finetune.batch_size = 16  # CHOICE
   # CHOICE: 2e-4 with 1 warmup epoch then linear decay; the same for both variants
   # so the comparison isolates the initialisation.
@@ -245,6 +251,10 @@ def get_config(arg: str | None = None):
   # CHOICE: random 3 s windows in training (augmentation; one static shape);
   # evaluation sees whole utterances padded to data.frame_buckets.
   c.finetune.crop_frames = 300
+  # SpecAugment-style masking of training batches (0 masks = off): spans of up to
+  # time_width frames and bands of up to feature_width of the 130 dims set to 0.
+  c.finetune.augment = mlc.ConfigDict({"time_masks": 0, "time_width": 40,
+                                       "feature_masks": 0, "feature_width": 13})
   c.finetune.eval_batch_size = 32
   # CHOICE: inverse-frequency class weights, since selection and the headline
   # metric (UAR) weigh every class equally.

@@ -19,6 +19,9 @@ The variant is a comma-separated list:
                    words   -- feature-level loss over word tokens only
                    conf<P> -- keep pairs whose teacher confidence >= P (e.g. conf0.5)
                    ep<N>   -- N fine-tuning epochs (best validation epoch selected)
+                   aug     -- SpecAugment-style time and feature masking
+                   pat<N>  -- early stopping: end a run after N epochs without a
+                              better validation UAR
                    folds5  -- only folds 1-5 (choosing ingredients; fold 6 stays unseen)
 The paper's recipe is `demo`/`real`/`both` without ingredients.
 
@@ -55,6 +58,7 @@ def get_config(arg: str | None = None):
   c.teacher.source = "path"
   c.teacher.path = f"{RUNS}/teacher/teacher_cls/model"
   c.finetune.data_path = f"{RUNS}/data/ravdess"  # prepared once, shared
+  c.finetune.cache_dir = f"{RUNS}/finetune_runs"  # Student-MCED runs shared by variants
   c.distill.teacher_report = True  # distill/teacher_on_pairs.json
   speaker = "speaker" in rest
   # Pair sets, each prepared once per normalisation.
@@ -89,6 +93,10 @@ def get_config(arg: str | None = None):
       c.distill.min_teacher_confidence = float(p[4:])
     elif p.startswith("ep"):
       c.finetune.epochs = int(p[2:])
+    elif p.startswith("pat"):
+      c.finetune.patience = int(p[3:])
+    elif p == "aug":  # CHOICE: 2 time spans of <= 40 frames, 2 bands of <= 13 dims
+      c.finetune.augment.time_masks, c.finetune.augment.feature_masks = 2, 2
     elif p == "folds5":
       c.finetune.max_folds = 5
     else:

@@ -54,8 +54,8 @@ def fingerprint(config, corpus, protocol: str) -> str:
   corpus or protocol starts a fresh cache instead of mixing results."""
   f = config.finetune
   keys = ["epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "b2",
-          "crop_frames", "class_weighting", "select_metric", "normalize"]
-  setup = {"finetune": {k: f[k] for k in keys},
+          "crop_frames", "class_weighting", "select_metric", "normalize", "patience"]
+  setup = {"finetune": {**{k: f[k] for k in keys}, "augment": f.augment.to_dict()},
            "student": export_lib.student_dict(config.student), "dtype": config.dtype,
            "corpus": fs.abspath(corpus.path), "classes": list(corpus.classes),
            "protocol": protocol, "buckets": list(config.data.frame_buckets)}
@@ -189,7 +189,10 @@ def run(config, layout) -> dict | None:
   folds = protocols.make_folds(corpus.records, f.protocol, f.num_folds)
   if f.max_folds > 0:
     folds = folds[: f.max_folds]
-  cache = fs.join(out, "runs", fingerprint(config, corpus, f.protocol))
+  # Runs are keyed by setup (fingerprint) and init (RunSpec.key), so work dirs may
+  # share one cache (finetune.cache_dir): Student-MCED runs then train once.
+  cache = fs.join(fs.abspath(f.cache_dir) if f.cache_dir else fs.join(out, "runs"),
+                  fingerprint(config, corpus, f.protocol))
   distilled = layout.distilled(config)
   tables = [t.strip() for t in str(f.tables).split(",") if t.strip()]
   bad = [t for t in tables if t not in ("5", "6", "7")]

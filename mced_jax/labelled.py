@@ -83,3 +83,23 @@ def class_weights(labels, num_classes: int, mode: str) -> np.ndarray:
   counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
   w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
   return w.astype(np.float32)
+
+
+def mask_augment(x: np.ndarray, mask: np.ndarray, rng: np.random.Generator, time_masks: int,
+                 time_width: int, feature_masks: int, feature_width: int) -> np.ndarray:
+  """SpecAugment-style masking of standardised features [B, T, F] (a copy): per
+  example, `time_masks` spans of up to `time_width` valid frames and
+  `feature_masks` bands of up to `feature_width` dimensions are set to 0 (the
+  standardised mean). Padding is untouched."""
+  x = x.copy()
+  for b in range(x.shape[0]):
+    n = int(mask[b].sum())
+    for _ in range(time_masks if n else 0):
+      w = int(rng.integers(0, min(time_width, n) + 1))
+      t0 = int(rng.integers(0, n - w + 1))
+      x[b, t0: t0 + w] = 0.0
+    for _ in range(feature_masks):
+      w = int(rng.integers(0, feature_width + 1))
+      f0 = int(rng.integers(0, x.shape[2] - w + 1))
+      x[b, :n, f0: f0 + w] = 0.0
+  return x

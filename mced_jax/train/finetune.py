@@ -87,12 +87,17 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
   plan = labelled.train_plan({u: len(x) for u, x in feats.items()}, train_ids, f.batch_size,
                     f.crop_frames, f.epochs, seed)
 
+  aug = f.augment
+
   def batches(start):
-    for idx, offs in plan[start:]:
+    for step, (idx, offs) in enumerate(plan[start:], start):
       xs = [feats[train_ids[i]][o: o + f.crop_frames] for i, o in zip(idx, offs)]
       frames = min(f.crop_frames, buckets_lib.bucket_for(max(len(x) for x in xs),
                                                          config.data.frame_buckets))
       x, m = buckets_lib.pad_frame_rows(xs, frames, f.batch_size)
+      if aug.time_masks or aug.feature_masks:  # seeded per step: resume-stable
+        x = labelled.mask_augment(x, m, np.random.default_rng([seed, step]), aug.time_masks,
+                                  aug.time_width, aug.feature_masks, aug.feature_width)
       y = np.array([corpus.labels[train_ids[i]] for i in idx], np.int32)
       yield shd.global_batch({"features": x[rows], "frame_mask": m[rows], "label": y[rows],
                               "example_mask": np.ones(len(rows), bool)}, rows, mesh)
@@ -129,7 +134,10 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
             export_meta or {}, feature_mean=norm[0].tolist() if norm else None,
             feature_std=norm[1].tolist() if norm else None, normalize=f.normalize,
             val=val, test=test))
-    return {"epoch": epoch, "val_" + f.select_metric: val[f.select_metric]}
+    out = {"epoch": epoch, "val_" + f.select_metric: val[f.select_metric]}
+    if f.patience and epoch - meta["best"]["epoch"] >= f.patience:
+      out["early_stop"] = True  # no better validation epoch for `patience` epochs
+    return out
 
   loop = kit.LoopConfig(num_steps=spe * f.epochs, log_every=spe, checkpoint_every=spe,
                         keep_checkpoints=1, eval_every=spe, on_nonfinite=f.on_nonfinite,

@@ -206,7 +206,8 @@ def run(name: str, *, step_fn, spec: StateSpec, batches: Callable[[int], Iterato
   """Runs (or resumes) a training job; returns the final state and meta.
 
   Resumes from the newest checkpoint in `checkpoint_dir` (state + meta; `batches`
-  restarts at that step). SIGTERM/SIGINT save and return (status "preempted");
+  restarts at that step). An evaluation returning {"early_stop": True} ends the
+  run there (status "done"; a re-run does nothing). SIGTERM/SIGINT save and return (status "preempted");
   NaN/Inf steps are never applied and are skipped (counted) or stop the run per
   config.on_nonfinite, so the last good checkpoint is never overwritten. Keys of a
   batch starting with "count_" are host-side counters (summed and logged, not fed).
@@ -225,10 +226,13 @@ def run(name: str, *, step_fn, spec: StateSpec, batches: Callable[[int], Iterato
   counters = dict(loop["counters"])
   start = int(jax.device_get(state.step))
   end = c.num_steps if c.stop_after < 0 else min(c.num_steps, c.stop_after)
+  if meta.get("early_stopped_at") is not None:
+    end = start  # an evaluation ended this run early (kept in the checkpoint's meta)
   if start >= end:
     logging.info("%s: already at step %d (target %d), nothing to do", name, start, end)
     ckpt.close()
-    return Result(state, meta, "done" if end == c.num_steps else "stopped", resumed)
+    return Result(state, meta, "done" if end == c.num_steps or meta.get(
+        "early_stopped_at") is not None else "stopped", resumed)
   logging.info("%s: steps %d -> %d", name, start, end)
   writer = writers.MetricWriter(metrics_dir)
   bar = _progress(name, end, start, c.progress)
@@ -307,11 +311,16 @@ def run(name: str, *, step_fn, spec: StateSpec, batches: Callable[[int], Iterato
           check_nonfinite(done)
         if evaluate is not None and ((c.eval_every and done % c.eval_every == 0) or
                                      done == c.num_steps):
-          scalars = evaluate(state, done, meta, _means(pending)) or {}
+          scalars = dict(evaluate(state, done, meta, _means(pending)) or {})
           pending = {}
+          early = bool(scalars.pop("early_stop", False))
           if scalars:
             writer.write(done, scalars)
           t_last = time.perf_counter()  # evaluation is not training throughput
+          if early:  # the evaluation says training is over (early stopping)
+            meta["early_stopped_at"], status = done, "done"
+            logging.info("%s: early stop at step %d", name, done)
+            break
         if c.checkpoint_every and done % c.checkpoint_every == 0:
           check_nonfinite(done)
           save(done)

@@ -202,3 +202,47 @@ def test_sigterm_mid_finetune_then_resume_equals_straight_run(tmp_path):
   assert a["best_epoch"] == b["best_epoch"] and a["test"] == b["test"]
   assert [h["val_UAR"] for h in a["history"]] == [h["val_UAR"] for h in b["history"]]
   np.testing.assert_allclose(a["test_probs"], b["test_probs"], atol=1e-5)
+
+
+def test_mask_augment_masks_valid_frames_only_and_is_seeded():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(4, 50, 130)).astype(np.float32) + 5.0  # no natural zeros
+  m = np.zeros((4, 50), bool)
+  for b, n in enumerate((50, 30, 10, 0)):
+    m[b, :n] = True
+  x[~m] = 0.0
+  out = labelled.mask_augment(x, m, np.random.default_rng(1), 2, 8, 2, 13)
+  again = labelled.mask_augment(x, m, np.random.default_rng(1), 2, 8, 2, 13)
+  np.testing.assert_array_equal(out, again)  # a pure function of the seed
+  assert not np.shares_memory(out, x) and (x[m] != 0).all()  # input untouched
+  zeroed = (out == 0) & m[..., None]
+  assert zeroed.any()
+  np.testing.assert_array_equal(out[~m], 0.0)  # padding stays padding
+  # Time masks zero whole frames (all 130 dims) of at most 2 x 8 frames per example.
+  full = zeroed.all(-1)
+  assert all(full[b].sum() <= 16 for b in range(4))
+  # Feature masks zero at most 2 x 13 dimensions of every valid frame.
+  bands = zeroed[0].all(0)
+  assert 0 < bands.sum() <= 26 or full[0].sum() > 0
+
+
+def test_speaker_norm_augment_and_early_stopping_run(ft_config, tmp_path, monkeypatch):
+  """The improved-recipe options together: per-speaker standardisation, masking
+  augmentation and early stopping (patience 1 over 6 epochs, validation forced
+  flat so the run must stop after the second epoch), with a per-speaker export."""
+  c = ft_config
+  with c.unlocked():
+    c.finetune.normalize = "speaker"
+    c.finetune.epochs, c.finetune.patience = 6, 1
+    c.finetune.augment.time_masks = c.finetune.augment.feature_masks = 2
+  real = ft.metrics_lib.classification_report
+  monkeypatch.setattr(ft.metrics_lib, "classification_report",
+                      lambda y, p, nc: {**real(y, p, nc), "UAR": 0.5})  # never improves
+  corpus = labelled.load_corpus(c.finetune.data_path)
+  fold = ft.protocols.make_folds(corpus.records, "speaker_kfold", 3)[0]
+  mesh = ft.shd.make_mesh(1, 1, devices=jax.devices()[:1])
+  r = ft.train_run(c, corpus, fold, 0, None, 1.0, mesh, str(tmp_path / "run"),
+                   export_dir=str(tmp_path / "exp"), export_meta={})
+  assert [h["epoch"] for h in r["history"]] == [1, 2] and r["best_epoch"] == 1
+  _, meta = export.load(str(tmp_path / "exp"))
+  assert meta["normalize"] == "speaker" and meta["feature_mean"] is None

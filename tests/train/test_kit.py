@@ -102,3 +102,33 @@ def test_metric_writer_only_on_process_zero_and_skips_non_numbers(tmp_path):
   w.close()
   assert read_jsonl(str(tmp_path / "metrics.jsonl"))[0]["note"] == "text"
   assert len(os.listdir(tmp_path / "tb")) == 1
+
+
+def test_evaluation_can_stop_training_early_and_a_rerun_does_nothing(tmp_path):
+  """Early stopping: an evaluation returning early_stop ends the run at that step
+  with status done; the same command again (resume) trains no further."""
+  mesh = shd.make_mesh(8, 1)
+  spec, step = toy(mesh)
+  rows = shd.host_rows(mesh, 8)
+  x = np.random.default_rng(2).normal(size=(8, 4)).astype(np.float32)
+  batch = shd.global_batch({"x": x, "y": x @ np.ones((4, 1), np.float32)}, rows, mesh)
+  calls = []
+
+  def evaluate(state, step_, meta, means):
+    calls.append(step_)
+    return {"val": 1.0, "early_stop": step_ >= 4}
+
+  def run():
+    with jax.set_mesh(mesh):
+      return kit.run("toy", step_fn=step, spec=spec, batches=lambda s: iter(lambda: batch, None),
+                     config=kit.LoopConfig(num_steps=10, log_every=2, eval_every=2,
+                                           checkpoint_every=2, progress=False),
+                     checkpoint_dir=str(tmp_path / "ckpt"), metrics_dir=str(tmp_path),
+                     evaluate=evaluate)
+
+  res = run()
+  assert res.status == "done" and int(res.state.step) == 4 and calls == [2, 4]
+  assert res.meta["early_stopped_at"] == 4
+  assert "early_stop" not in read_jsonl(str(tmp_path / "metrics.jsonl"))[-1]
+  again = run()
+  assert again.status == "done" and int(again.state.step) == 4 and calls == [2, 4]

@@ -1,0 +1,129 @@
+"""Compare downstream recipes across work dirs, with a held-out fold kept apart.
+
+    python -m mced_jax.compare runs/ravdess_real/real_speaker runs/ravdess_real/both_speaker \
+        --holdout=fold6 --out=runs/ravdess_real/comparison.md
+
+Reads each work dir's finetune/table5_runs.csv (one row per variant x fold x
+seed) and writes one markdown report: per recipe and variant the test metrics as
+mean ± std over the *selection* folds (every fold but the held-out ones), the
+held-out fold on its own, the per-fold UAR, and how often Student+MCED beats
+Student−MCED of the same recipe (per fold, on the seed mean; and per paired
+fold × seed run). Ingredients are chosen on the selection folds; the held-out
+fold is reported untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import numpy as np
+
+from mced_jax import fs
+
+METRICS = ("WA", "UAR", "F1", "WF1")
+SCRATCH, MCED = "Student−MCED", "Student+MCED"
+
+
+def read_runs(workdir: str) -> list[dict]:
+  path = fs.join(workdir, "finetune", "table5_runs.csv")
+  if not fs.exists(path):
+    raise FileNotFoundError(f"{path} not found: run the finetune stage in {workdir} first")
+  rows = list(csv.DictReader(fs.read_text(path).splitlines()))
+  return [r for r in rows if float(r["fraction"]) == 1.0]
+
+
+def _is_holdout(fold: str, holdout) -> bool:
+  return any(fold == h or fold.startswith(h + "_") for h in holdout)
+
+
+def summarize(rows, holdout) -> dict:
+  """variant -> {"select": {metric: (mean, std, n)}, "holdout": ..., "folds": {fold: UAR}}"""
+  out = {}
+  for v in dict.fromkeys(r["variant"] for r in rows):
+    rs = [r for r in rows if r["variant"] == v]
+    entry = {"folds": {}}
+    for part, keep in (("select", False), ("holdout", True)):
+      sel = [r for r in rs if _is_holdout(r["fold"], holdout) == keep]
+      entry[part] = {m: (float(np.mean([float(r[f"test_{m}"]) for r in sel])),
+                         float(np.std([float(r[f"test_{m}"]) for r in sel], ddof=1))
+                         if len(sel) > 1 else 0.0, len(sel)) for m in METRICS} if sel else {}
+    for fold in dict.fromkeys(r["fold"] for r in rs):
+      entry["folds"][fold] = float(np.mean([float(r["test_UAR"]) for r in rs
+                                            if r["fold"] == fold]))
+    out[v] = entry
+  return out
+
+
+def wins(rows, holdout) -> dict:
+  """Student+MCED vs Student−MCED: folds (seed means) and paired runs won, on the
+  selection folds and on the held-out ones."""
+  by = {(r["variant"], r["fold"], r["seed"]): float(r["test_UAR"]) for r in rows}
+  folds = list(dict.fromkeys(r["fold"] for r in rows))
+  res = {}
+  for part, keep in (("select", False), ("holdout", True)):
+    fs_ = [f for f in folds if _is_holdout(f, holdout) == keep]
+    fold_wins, pair_wins, pairs = 0, 0, 0
+    for f in fs_:
+      seeds = sorted({s for (v, ff, s) in by if ff == f})
+      m = [by.get((MCED, f, s)) for s in seeds]
+      o = [by.get((SCRATCH, f, s)) for s in seeds]
+      if None in m or None in o:
+        continue
+      fold_wins += np.mean(m) > np.mean(o)
+      pair_wins += sum(a > b for a, b in zip(m, o))
+      pairs += len(seeds)
+    res[part] = (int(fold_wins), len(fs_), int(pair_wins), pairs)
+  return res
+
+
+def report(workdirs, holdout) -> str:
+  lines = [f"Held-out fold(s): {', '.join(holdout)} (not used to choose anything).", ""]
+  head = ("| recipe | model | " + " | ".join(METRICS) +
+          " | held-out UAR | +MCED > −MCED: folds / runs |")
+  lines += ["Selection folds: mean ± std over folds × seeds.", "", head,
+            "|---" * (len(METRICS) + 4) + "|"]
+  per_fold = []
+  for w in workdirs:
+    rows = read_runs(w)
+    s, win = summarize(rows, holdout), wins(rows, holdout)
+    name = fs.basename(w.rstrip("/"))
+    for v, e in s.items():
+      cells = " | ".join(f"{e['select'][m][0]:.3f} ± {e['select'][m][1]:.3f}"
+                         if e["select"] else "–" for m in METRICS)
+      held = (f"{e['holdout']['UAR'][0]:.3f} ± {e['holdout']['UAR'][1]:.3f}"
+              if e["holdout"] else "–")
+      w_sel, w_hold = win["select"], win["holdout"]
+      wtxt = (f"{w_sel[0]}/{w_sel[1]} / {w_sel[2]}/{w_sel[3]} (held out: {w_hold[0]}/{w_hold[1]}"
+              f" / {w_hold[2]}/{w_hold[3]})" if v == MCED else "")
+      lines.append(f"| {name} | {v} | {cells} | {held} | {wtxt} |")
+      per_fold.append((name, v, e["folds"]))
+  folds = list(dict.fromkeys(f for _, _, fd in per_fold for f in fd))
+  lines += ["", "Test UAR per fold (mean over seeds):", "",
+            "| recipe | model | " + " | ".join(folds) + " |", "|---" * (len(folds) + 2) + "|"]
+  for name, v, fd in per_fold:
+    lines.append(f"| {name} | {v} | " + " | ".join(
+        f"{fd[f]:.3f}" if f in fd else "–" for f in folds) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv) -> int:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FlagValues()
+  flags.DEFINE_string("holdout", "fold6", "comma-separated held-out fold names (prefixes)",
+                      flag_values=fv)
+  flags.DEFINE_string("out", "", "write the report here too (markdown)", flag_values=fv)
+  workdirs = fv(list(argv))[1:]
+  if not workdirs:
+    print("usage: python -m mced_jax.compare WORKDIR [WORKDIR ...] [--holdout=fold6]",
+          file=sys.stderr)
+    return 2
+  text = report(workdirs, [h.strip() for h in fv.holdout.split(",") if h.strip()])
+  print(text)
+  if fv.out:
+    fs.write_text(fv.out, text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
