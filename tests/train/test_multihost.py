@@ -124,8 +124,12 @@ def finish(procs, timeout=600):
       q.kill()
     raise
   failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode]
+  # The first error lines of every process come first: a process that fails drags
+  # the others into a shutdown-barrier abort, whose noise fills the tails.
   assert not failed, f"processes {failed} failed:\n" + "\n".join(
-      f"--- process {i} (exit {p.returncode}):\n{out[-3000:]}"
+      f"--- process {i} (exit {p.returncode}); first error lines:\n" + "\n".join(
+          [ln for ln in out.splitlines() if "Error" in ln or "error" in ln][:8]) +
+      f"\n... last lines:\n{out[-2000:]}"
       for i, (p, out) in enumerate(zip(procs, outs)))
   return outs
 
