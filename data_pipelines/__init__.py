@@ -1,5 +1,6 @@
-"""Data pipelines: audio -> IS16 features, text -> WordPieces, TFRecords via TFDS
-builders, and the tf.data reader. TensorFlow is imported only inside this package."""
+"""Data pipelines: audio -> IS16 features, text -> WordPieces, ArrayRecord shards via
+TFDS builders, and the one reader (PreparedDataset) with the global batch plan.
+TensorFlow is imported only inside this package."""
 
 import os
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from data_pipelines import features as feat_lib
 from data_pipelines.records import Utterance, by_split, speaker_key
+from data_pipelines.standardize import frame_stats
 from data_pipelines.tokenize import WordPiece, clean_text, word_count
 
 
@@ -60,16 +61,7 @@ class PrepareOptions:
 
 def feature_stats(paths) -> tuple[np.ndarray, np.ndarray, int]:
   """Frame-weighted per-dimension (mean, std, frames) over raw .npy features."""
-  total, total_sq, n = np.zeros(feat_lib.FEATURE_DIM), np.zeros(feat_lib.FEATURE_DIM), 0
-  for p in paths:
-    x = np.load(p).astype(np.float64)
-    total += x.sum(0)
-    total_sq += (x * x).sum(0)
-    n += x.shape[0]
-  mean = total / max(n, 1)
-  std = np.sqrt(np.maximum(total_sq / max(n, 1) - mean ** 2, 0.0))
-  std = np.where(std < 1e-6, 1.0, std)  # constant dims: leave unscaled
-  return mean, std, n
+  return frame_stats(np.load(p) for p in paths)
 
 
 def _fail(skipped, r, reason):

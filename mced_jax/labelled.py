@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 
+from data_pipelines.standardize import frame_stats
 from mced_jax import protocols
 
 
@@ -50,9 +51,8 @@ def standardized(corpus: Corpus, fold: protocols.Fold, train_ids, mode: str) -> 
   out = {}
   for key, members in groups.items():
     stat_ids = train_ids if key is None else members
-    x = np.concatenate([corpus.features[u] for u in stat_ids], 0).astype(np.float64)
-    mean = x.mean(0).astype(np.float32)
-    std = np.where(x.std(0) < 1e-6, 1.0, x.std(0)).astype(np.float32)
+    mean, std, _ = frame_stats(corpus.features[u] for u in stat_ids)
+    mean, std = mean.astype(np.float32), std.astype(np.float32)
     out.update({u: (corpus.features[u] - mean) / std for u in members})
     if key is None:
       out["__norm__"] = (mean, std)

@@ -126,9 +126,9 @@ class Predictor:
 
 def speaker_stats(xs) -> tuple[np.ndarray, np.ndarray]:
   """Frame-weighted (mean, std) over one speaker's raw features (as in training)."""
-  x = np.concatenate(xs, 0).astype(np.float64)
-  std = x.std(0)
-  return x.mean(0).astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)
+  from data_pipelines.standardize import frame_stats  # pylint: disable=import-outside-toplevel
+  mean, std, _ = frame_stats(xs)
+  return mean.astype(np.float32), std.astype(np.float32)
 
 
 def read_speakers(path: str) -> dict:
