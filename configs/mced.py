@@ -249,8 +249,10 @@ def get_config(arg: str | None = None):
   c.finetune.normalize = "fold"
   c.finetune.on_nonfinite = "skip"  # a NaN/Inf batch is skipped (counted), or "stop"
   # CHOICE: random 3 s windows in training (augmentation; one static shape);
-  # evaluation sees whole utterances padded to data.frame_buckets.
+  # evaluation sees whole utterances padded to the frame buckets.
   c.finetune.crop_frames = 300
+  # Frame buckets of the labelled corpus (() = data.frame_buckets, the pairs' ones).
+  c.finetune.frame_buckets = ()
   # SpecAugment-style masking of training batches (0 masks = off): spans of up to
   # time_width frames and bands of up to feature_width of the 130 dims set to 0.
   c.finetune.augment = mlc.ConfigDict({"time_masks": 0, "time_width": 40,

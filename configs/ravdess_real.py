@@ -6,9 +6,14 @@ RAVDESS corpus there (each stage skips finished work, every fine-tuning run is
 cached, so an interrupted job resumes where it stopped):
 
     python -m mced_jax.main --config=configs/ravdess_real.py:teacher \
-        --workdir=runs/ravdess_real/teacher                    # once, ~12 min
+        --workdir=runs/ravdess_real/teacher                    # once, ~21 min
     python -m mced_jax.main --config=configs/ravdess_real.py:real,speaker \
         --workdir=runs/ravdess_real/real_speaker
+
+Times on 2 cores, one job alone: `real,speaker` (data 8 min, distillation ~19
+min, 36 fine-tuning runs ~50 min) ~1.3 h; a `folds5` variant that distils again
+~20 min + 15 runs (~21 min), one that only changes fine-tuning 30 runs (~45 min).
+So the full set of variants takes hours: every stage skips finished work.
 
 The variant is a comma-separated list:
   pairs (one of):  demo  -- today's espeak-ng demo corpus + 32 LJSpeech pairs (57 min)
@@ -24,6 +29,11 @@ The variant is a comma-separated list:
                               better validation UAR
                    folds5  -- only folds 1-5 (choosing ingredients; fold 6 stays unseen)
 The paper's recipe is `demo`/`real`/`both` without ingredients.
+
+Fine-tuning-only parts (ep<N>, pat<N>, aug, folds5) do not change distillation: such
+a variant fine-tunes the student distilled by the variant without them (e.g.
+`real,speaker,aug,folds5` uses runs/ravdess_real/real_speaker/distill/student), so
+run that one first (`make ravdess-real` runs the variants in the order given).
 
 Long-utterance rule (CHOICE): LibriSpeech readings run to 17.3 s here (80 % are
 over 10 s). Pairs up to 18 s are kept whole, with frame buckets up to 1800 frames
@@ -44,6 +54,11 @@ REAL_MANIFESTS = [f"{PAIRS_REAL}/{d}/manifest.csv" for d in (
     "mini_librispeech", "kathleen_arctic", "ljspeech_extra", "speechocean762")]
 
 
+def _finetune_only(part: str) -> bool:
+  return part in ("aug", "folds5") or (part[:2] == "ep" and part[2:].isdigit()) or (
+      part[:3] == "pat" and part[3:].isdigit())
+
+
 def get_config(arg: str | None = None):
   c = ravdess.get_config()
   parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
@@ -55,11 +70,18 @@ def get_config(arg: str | None = None):
     raise ValueError(f"variant {arg!r}: name one pair set (demo, real or both), or 'teacher'")
   pairs, rest = pairs[0], [p for p in parts if p not in ("demo", "real", "both")]
   c.stages = "data,distill,finetune"
+  base = [p for p in parts if not _finetune_only(p)]
+  if len(base) < len(parts):  # distilled once by the variant without these parts
+    c.stages = "finetune"
+    c.finetune.init_dir = f"{RUNS}/{'_'.join(base)}/distill/student"
   c.teacher.source = "path"
   c.teacher.path = f"{RUNS}/teacher/teacher_cls/model"
   c.finetune.data_path = f"{RUNS}/data/ravdess"  # prepared once, shared
   c.finetune.cache_dir = f"{RUNS}/finetune_runs"  # Student-MCED runs shared by variants
   c.distill.teacher_report = True  # distill/teacher_on_pairs.json
+  # RAVDESS's buckets, whatever the pairs' are: one fine-tuning setup (and one
+  # Student-MCED cache) for every pair set.
+  c.finetune.frame_buckets = (250, 500, 1000, 1400, 1800)
   speaker = "speaker" in rest
   # Pair sets, each prepared once per normalisation.
   if pairs == "demo":

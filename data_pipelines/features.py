@@ -191,21 +191,57 @@ def feature_path(cache_dir: str, utt_id: str) -> str:
   return os.path.join(cache_dir, safe + ".npy")
 
 
+DURATIONS = "durations.jsonl"  # utt_id -> audio seconds of the cached features
+
+
+def _read_durations(cache_dir: str) -> dict:
+  path, out = os.path.join(cache_dir, DURATIONS), {}
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          d = json.loads(line)
+          out[d["utt_id"]] = float(d["seconds"])
+        except (ValueError, KeyError, TypeError):
+          continue
+  return out
+
+
+def audio_seconds(path: str, frames: int) -> float:
+  """The duration of an audio file from its header, as the pair filter measured it
+  at extraction (samples / rate); frames / 100 only when the header is unreadable.
+  Frames alone run ~0.05 s short (openSMILE's window), which would move pairs
+  across the filter's thresholds between a first run and a cached re-run."""
+  try:
+    import soundfile as sf  # pylint: disable=import-outside-toplevel
+    info = sf.info(path)
+    if info.frames > 0 and info.samplerate > 0:
+      return info.frames / info.samplerate
+  except Exception:  # noqa: BLE001 - containers soundfile cannot open (mp4 ...)
+    pass
+  return frames / FRAME_RATE
+
+
 def extract_many(items: Sequence[tuple[str, str]], cache_dir: str, num_workers: int = 0,
                  min_seconds: float = 0.5, progress: bool = True) -> ExtractionReport:
   """Extracts features for (utt_id, audio_path) items into `cache_dir`.
 
   Cached utterances are not recomputed (their frame count is read from the .npy
-  header), so a re-run after an interruption only does the rest.
+  header, their duration from `durations.jsonl` beside them), so a re-run after an
+  interruption only does the rest and filters on the same durations.
   """
   os.makedirs(cache_dir, exist_ok=True)
   num_workers = num_workers or max(1, os.cpu_count() or 1)
+  known = _read_durations(cache_dir)
   ok, skipped, jobs = {}, {}, []
   for utt_id, path in items:
     out = feature_path(cache_dir, utt_id)
     if os.path.exists(out):
       frames = np.load(out, mmap_mode="r").shape[0]
-      ok[utt_id] = {"frames": int(frames), "seconds": frames / FRAME_RATE, "cached": True}
+      seconds = known.get(utt_id)
+      if seconds is None:  # a cache written before durations were recorded
+        seconds = audio_seconds(path, frames)
+      ok[utt_id] = {"frames": int(frames), "seconds": seconds, "cached": True}
     else:
       jobs.append((utt_id, path, out))
   audio_s, t0 = 0.0, time.perf_counter()
@@ -221,16 +257,22 @@ def extract_many(items: Sequence[tuple[str, str]], cache_dir: str, num_workers: 
     else:
       pool = mp.get_context("spawn").Pool(num_workers, _init_worker, (min_seconds,))
       results = pool.imap_unordered(_extract_one, jobs, chunksize=4)
+    # Appended by this process only, after each .npy landed; a torn last line from
+    # a killed run is ignored on reading.
+    log = open(os.path.join(cache_dir, DURATIONS), "a", encoding="utf-8")  # pylint: disable=consider-using-with
     try:
       for utt_id, info, err, _ in results:
         if err is None:
           ok[utt_id] = info
           audio_s += info["seconds"]
+          log.write(json.dumps({"utt_id": utt_id, "seconds": info["seconds"]}) + "\n")
+          log.flush()
         else:
           skipped[utt_id] = err
         if bar is not None:
           bar.update(1)
     finally:
+      log.close()
       if pool is not None:
         pool.close()
         pool.join()

@@ -20,6 +20,7 @@ their path and reason; the rest is written.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -68,6 +69,42 @@ def _fail(skipped, r, reason):
   skipped[r.utt_id] = f"{r.audio_path}: {reason}" if r.audio_path not in reason else reason
 
 
+def _signature(records, opts) -> dict:
+  """What a prepared directory was built from: the options that shape it and a
+  hash of the input records (before any cleaning; without audio paths, so a moved
+  corpus still matches)."""
+  shaping = {k: v for k, v in dataclasses.asdict(opts).items()
+             if k not in ("num_workers", "progress", "manual_dir")}
+  rows = json.dumps([{k: v for k, v in dataclasses.asdict(r).items() if k != "audio_path"}
+                     for r in records], sort_keys=True, default=str)
+  return {"options": json.loads(json.dumps(shaping, default=str)),
+          "inputs": hashlib.sha1(rows.encode()).hexdigest(), "input_items": len(records)}
+
+
+def _prepared(out_dir: str, signature: dict) -> dict | None:
+  """The stored report when `out_dir` was prepared from the same signature; None
+  when there is nothing there (or an older report without one: rebuilt in place,
+  the shards checked against the records); an error when it differs."""
+  path = os.path.join(out_dir, "report.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    report = json.load(f)
+  old = report.get("signature")
+  if old is None or not os.path.isdir(report.get("tfds_dir", "")):
+    return None
+  if old == signature:
+    return report
+  diff = sorted(k for k in set(old["options"]) | set(signature["options"])
+                if old["options"].get(k) != signature["options"].get(k))
+  what = [f"options {diff}"] if diff else []
+  if old["inputs"] != signature["inputs"]:
+    what.append(f"inputs ({old['input_items']} -> {signature['input_items']} items, or "
+                "their content)")
+  raise ValueError(f"{out_dir} was prepared from other {' and '.join(what)}; delete it to "
+                   "rebuild, or prepare into another directory")
+
+
 def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dict:
   """Runs the whole preparation; returns the report dict (also written to disk)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -79,6 +116,12 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
   os.makedirs(out_dir, exist_ok=True)
   if not records:
     raise ValueError(f"{opts.name}: no utterances to prepare")
+  signature = _signature(records, opts)
+  done = _prepared(out_dir, signature)
+  if done is not None:
+    print(f"[{opts.name}] already prepared at {out_dir} from the same inputs and options "
+          f"({done['written']} utterances); delete it to rebuild")
+    return done
   skipped: dict[str, str] = {}
   # 1. Text: repair, tokenise; empty text is a bad item when text is required.
   tok = WordPiece(opts.vocab, max_tokens=opts.max_tokens)
@@ -161,6 +204,12 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False,
                                                    manual_dir=opts.manual_dir))
+  # The builder skips existing shards; they must hold exactly these records.
+  for split, recs in splits.items():
+    have = builder.info.splits[split].num_examples
+    if have != len(recs):
+      raise IOError(f"{builder.data_dir}: its {split} shards hold {have} utterances but the "
+                    f"inputs now give {len(recs)}; delete {out_dir} and prepare again")
   with open(os.path.join(out_dir, "records.jsonl"), "w", encoding="utf-8") as f:
     for r in final:
       d = dataclasses.asdict(r)
@@ -181,6 +230,7 @@ def prepare(records: list[Utterance], out_dir: str, opts: PrepareOptions) -> dic
       "extraction_workers": rep.workers,
       "rtf_per_core": rep.rtf_per_core if rep.workers else None,
       "tfds_dir": builder.data_dir, "total_seconds": time.perf_counter() - t_start,
+      "signature": signature,
   }
   with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=1)
@@ -219,11 +269,13 @@ def _flags():
 def main(argv) -> dict:
   """argv: [program, --corpus=NAME, --root=DIR, --out=DIR, ...] (absl flag syntax)."""
   from data_pipelines import corpora  # pylint: disable=import-outside-toplevel
+  from mced_jax import cli  # pylint: disable=import-outside-toplevel
   f = _flags()
-  rest = f(list(argv))
-  if len(rest) > 1 or not (f.corpus and f.root and f.out):
-    raise ValueError("usage: python -m data_pipelines.prepare --corpus=NAME --root=DIR "
-                     "--out=DIR [--labels=a,b] [--feature_dtype=float32] ...")
+  usage = ("usage: python -m data_pipelines.prepare --corpus=NAME --root=DIR --out=DIR "
+           "[--labels=a,b] [--feature_dtype=float32] ...")
+  rest = cli.parse(f, argv, usage, __doc__)
+  if rest or not (f.corpus and f.root and f.out):
+    raise ValueError(usage)
   corpus = corpora.get(f.corpus)
   labels = corpus.classes if not corpus.pairs else ()
   if f.labels is not None:

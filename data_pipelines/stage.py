@@ -12,7 +12,6 @@ from absl import logging
 
 from data_pipelines import corpora, demo
 from data_pipelines.prepare import PrepareOptions, prepare
-from mced_jax import fs
 
 
 def prepare_corpus(corpus: corpora.Corpus, root: str, out: str, *, name: str | None = None,
@@ -24,8 +23,6 @@ def prepare_corpus(corpus: corpora.Corpus, root: str, out: str, *, name: str | N
     logging.info("data: + %d utterances of %s from %s", len(more), extra_corpus.name,
                  extra_root)
     records += more
-  if fs.exists(fs.join(out, "report.json")):
-    logging.info("data: %s already prepared at %s (delete it to rebuild)", corpus.name, out)
   opts = PrepareOptions(name=name or corpus.name,
                         label_names=() if corpus.pairs else tuple(corpus.classes or ()),
                         filter_pairs=corpus.pairs,

@@ -1,4 +1,4 @@
-"""Compare downstream recipes across work dirs, with a held-out fold kept apart.
+r"""Compare downstream recipes across work dirs, with a held-out fold kept apart.
 
     python -m mced_jax.compare runs/ravdess_real/real_speaker runs/ravdess_real/both_speaker \
         --holdout=fold6 --out=runs/ravdess_real/comparison.md
@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from mced_jax import cli
 from mced_jax import fs
 
 METRICS = ("WA", "UAR", "F1", "WF1")
@@ -113,10 +114,10 @@ def main(argv) -> int:
   flags.DEFINE_string("holdout", "fold6", "comma-separated held-out fold names (prefixes)",
                       flag_values=fv)
   flags.DEFINE_string("out", "", "write the report here too (markdown)", flag_values=fv)
-  workdirs = fv(list(argv))[1:]
+  usage = "usage: python -m mced_jax.compare WORKDIR [WORKDIR ...] [--holdout=fold6] [--out=FILE]"
+  workdirs = cli.parse(fv, argv, usage, __doc__)
   if not workdirs:
-    print("usage: python -m mced_jax.compare WORKDIR [WORKDIR ...] [--holdout=fold6]",
-          file=sys.stderr)
+    print(usage, file=sys.stderr)
     return 2
   text = report(workdirs, [h.strip() for h in fv.holdout.split(",") if h.strip()])
   print(text)

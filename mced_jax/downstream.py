@@ -58,7 +58,7 @@ def fingerprint(config, corpus, protocol: str) -> str:
   setup = {"finetune": {**{k: f[k] for k in keys}, "augment": f.augment.to_dict()},
            "student": export_lib.student_dict(config.student), "dtype": config.dtype,
            "corpus": fs.abspath(corpus.path), "classes": list(corpus.classes),
-           "protocol": protocol, "buckets": list(config.data.frame_buckets)}
+           "protocol": protocol, "buckets": list(labelled.frame_buckets(config))}
   return hashlib.sha1(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -82,6 +82,16 @@ def corpus_path(config, layout) -> str:
   return path
 
 
+def _kept_export(run_json: str) -> str:
+  """Where a run that some work dir exports keeps its model, beside its result."""
+  return fs.join(run_json[: -len(".json")], "model")
+
+
+def _copy_export(run_json: str, export_dir: str) -> None:
+  if jax.process_index() == 0 and export_lib.exists(_kept_export(run_json)):
+    fs.copy_tree(_kept_export(run_json), export_dir)
+
+
 def run_all(config, layout, corpus, folds, specs, seeds, cache_dir: str,
             export: dict | None = None) -> list[dict] | None:
   """Every (spec, fold, seed) run, reusing the ones cached in `cache_dir`.
@@ -100,7 +110,14 @@ def run_all(config, layout, corpus, folds, specs, seeds, cache_dir: str,
         path = fs.join(cache_dir, s.key, fold.name, f"seed{seed}.json")
         first = fold is folds[0] and seed == seeds[0]
         exp = export.get(s.variant) if first else None
-        if fs.exists(path) and not (exp and not export_lib.exists(exp)):
+        cached = fs.exists(path)
+        if cached and exp and not export_lib.exists(exp):
+          # The model is kept with the cached run: copied, not retrained. (Every
+          # process reaches the same answer, whoever copies first.)
+          cached = export_lib.exists(_kept_export(path))
+          if cached:
+            _copy_export(path, exp)
+        if cached:
           results.append(dict(fs.read_json(path), variant=s.variant))  # this table's name
         else:
           todo.append((s, fold, seed, exp, path))
@@ -115,10 +132,11 @@ def run_all(config, layout, corpus, folds, specs, seeds, cache_dir: str,
     t0 = time.perf_counter()
     meta = {"kind": "emotion_classifier", "student": {
         **export_lib.student_dict(config.student), "num_classes": len(corpus.classes)},
-            "classes": list(corpus.classes), "frame_buckets": list(config.data.frame_buckets),
+            "classes": list(corpus.classes), "frame_buckets": list(labelled.frame_buckets(config)),
             "variant": s.variant, "fold": fold.name, "seed": seed, "corpus": corpus.path}
     r = ft.train_run(config, corpus, fold, seed, s.init_dir, s.fraction, mesh,
-                     path[: -len(".json")], export_dir=exp, export_meta=meta)
+                     path[: -len(".json")], export_dir=_kept_export(path) if exp else None,
+                     export_meta=meta)
     if r is None:
       logging.warning("finetune: stopped during %s %s seed %d; re-run to resume it", s.variant,
                       fold.name, seed)
@@ -128,6 +146,8 @@ def run_all(config, layout, corpus, folds, specs, seeds, cache_dir: str,
     if jax.process_index() == 0:
       fs.write_json(path, r, indent=None)
       fs.rmtree(fs.join(path[: -len(".json")], "checkpoints"))
+      if exp:
+        _copy_export(path, exp)
     logging.info("finetune: %s %s seed %d: best epoch %d, test WA %.3f UAR %.3f WF1 %.3f "
                  "(%.0f s)", s.variant, fold.name, seed, r["best_epoch"], r["test"]["WA"],
                  r["test"]["UAR"], r["test"]["WF1"], r["seconds"])

@@ -59,6 +59,11 @@ def standardized(corpus: Corpus, fold: protocols.Fold, train_ids, mode: str) -> 
   return out
 
 
+def frame_buckets(config) -> tuple:
+  """The labelled corpus's frame buckets: finetune.frame_buckets, else the pairs'."""
+  return tuple(config.finetune.frame_buckets) or tuple(config.data.frame_buckets)
+
+
 def train_plan(lengths: dict, ids, batch_size: int, crop: int, epochs: int, seed: int):
   """Every training batch of a run, in order: (indices, crop offsets) per batch.
   Utterances longer than `crop` frames get a random window (augmentation). A pure

@@ -25,6 +25,8 @@ import types
 
 import numpy as np
 
+from mced_jax import cli
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au",
                     ".m4a", ".mp4", ".aac", ".webm")
 
@@ -214,14 +216,10 @@ def _flags():
 def main(argv) -> int:
   """argv: [program, --checkpoint=DIR, --out=FILE, PATH ...] (absl flag syntax)."""
   fv = _flags()
-  try:
-    paths = fv(list(argv))[1:]
-  except Exception as e:  # noqa: BLE001 - absl's flag errors
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  usage = "usage: python -m mced_jax.predict --checkpoint=DIR [--out=FILE] PATH ..."
+  paths = cli.parse(fv, argv, usage, __doc__)
   if not fv.checkpoint or not paths:
-    print("usage: python -m mced_jax.predict --checkpoint=DIR [--out=FILE] PATH ...",
-          file=sys.stderr)
+    print(usage, file=sys.stderr)
     return 2
   try:
     results, skipped, classes = predict_paths(fv.checkpoint, paths, speakers=fv.speakers)

@@ -1,6 +1,9 @@
 """python -m mced_jax.compare: selection folds vs the held-out fold, wins."""
 
+import importlib
 import os
+
+import pytest
 
 from mced_jax import compare
 
@@ -40,3 +43,17 @@ def test_holdout_fold_is_kept_apart_and_wins_are_counted(tmp_path, capsys):
   assert "| real_speaker | Student+MCED | 0.505 ± 0.116" in text
   assert "1/2 / 2/4 (held out: 1/1 / 2/2)" in text
   assert "fold6_test_16-18" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tool", ["mced_jax.compare", "mced_jax.predict", "data_pipelines.prepare"])
+def test_help_and_bad_flags_are_answered_without_a_traceback(tool, capsys):
+  main = importlib.import_module(tool).main
+  with pytest.raises(SystemExit) as e:
+    main(["tool", "--help"])
+  out = capsys.readouterr().out
+  assert e.value.code == 0 and out.startswith("usage: python -m " + tool) and "--out" in out
+  with pytest.raises(SystemExit) as e:
+    main(["tool", "--bogus=1", "x"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2
+  assert "Unknown command line flag 'bogus'" in err and "usage:" in err

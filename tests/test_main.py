@@ -60,7 +60,9 @@ def test_benchmark_stage_writes_json_and_table(tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["mced.py", "mced.py:tiny", "ravdess.py", "ravdess.py:ablations",
-                                  "paper.py:iemocap", "paper.py:meld", "benchmark.py"])
+                                  "paper.py:iemocap", "paper.py:meld", "benchmark.py",
+                                  "ravdess_real.py:teacher", "ravdess_real.py:both,speaker,words",
+                                  "ravdess_real.py:real,speaker,conf0.6,aug,ep30,pat8,folds5"])
 def test_every_config_builds_with_known_stages_and_protocols(spec):
   import importlib.util  # pylint: disable=import-outside-toplevel
   from mced_jax import protocols  # pylint: disable=import-outside-toplevel
@@ -74,3 +76,25 @@ def test_every_config_builds_with_known_stages_and_protocols(spec):
   assert c.finetune.protocol in protocols.PROTOCOLS
   assert set(str(c.finetune.tables).split(",")) <= {"5", "6", "7"}
   assert len(c.distill.teacher_layers) == len(c.distill.student_layers) == len(c.distill.lambdas)
+
+
+def test_ravdess_real_finetune_only_parts_reuse_the_base_distillation():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "ravdess_real.py")
+  mod_spec = importlib.util.spec_from_file_location("cfg_ravdess_real", path)
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  base = mod.get_config("real,speaker,words")
+  assert base.stages == "data,distill,finetune" and not base.finetune.init_dir
+  c = mod.get_config("real,speaker,words,aug,ep30,pat8,folds5")
+  assert c.stages == "finetune"
+  assert c.finetune.init_dir == "runs/ravdess_real/real_speaker_words/distill/student"
+  assert (c.finetune.epochs, c.finetune.patience, c.finetune.max_folds) == (30, 8, 5)
+  assert c.finetune.augment.time_masks == 2 and c.distill.fl_tokens == "words"
+  # Every pair set fine-tunes with RAVDESS's buckets, so one Student-MCED cache serves all.
+  from mced_jax import labelled  # pylint: disable=import-outside-toplevel
+  demo = mod.get_config("demo,speaker")
+  assert tuple(demo.data.frame_buckets) != tuple(c.data.frame_buckets)
+  assert labelled.frame_buckets(demo) == labelled.frame_buckets(c) == (250, 500, 1000, 1400, 1800)
+  with pytest.raises(ValueError, match="unknown part 'bogus'"):
+    mod.get_config("real,bogus")

@@ -84,6 +84,7 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
     loss = (ce * w).sum() / jnp.maximum(w.sum(), 1e-9)
     return loss, {"loss": loss}
 
+  buckets = labelled.frame_buckets(config)
   plan = labelled.train_plan({u: len(x) for u, x in feats.items()}, train_ids, f.batch_size,
                     f.crop_frames, f.epochs, seed)
 
@@ -92,8 +93,7 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
   def batches(start):
     for step, (idx, offs) in enumerate(plan[start:], start):
       xs = [feats[train_ids[i]][o: o + f.crop_frames] for i, o in zip(idx, offs)]
-      frames = min(f.crop_frames, buckets_lib.bucket_for(max(len(x) for x in xs),
-                                                         config.data.frame_buckets))
+      frames = min(f.crop_frames, buckets_lib.bucket_for(max(len(x) for x in xs), buckets))
       x, m = buckets_lib.pad_frame_rows(xs, frames, f.batch_size)
       if aug.time_masks or aug.feature_masks:  # seeded per step: resume-stable
         x = labelled.mask_augment(x, m, np.random.default_rng([seed, step]), aug.time_masks,
@@ -110,7 +110,7 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
     probs = []
     for s in range(0, len(order), f.eval_batch_size):
       chunk = order[s: s + f.eval_batch_size]
-      frames = buckets_lib.bucket_for(len(feats[chunk[-1]]), config.data.frame_buckets)
+      frames = buckets_lib.bucket_for(len(feats[chunk[-1]]), buckets)
       x, m = buckets_lib.pad_frame_rows([feats[u] for u in chunk], frames, f.eval_batch_size)
       g = shd.global_batch({"x": x[eval_rows], "m": m[eval_rows]}, eval_rows, mesh)
       probs.append(np.asarray(predict(params, g["x"], g["m"]))[: len(chunk)])

@@ -1,9 +1,11 @@
 """The long-utterance rule and per-speaker standardisation of prepared pairs."""
 
+import dataclasses
 import json
 import os
 
 import numpy as np
+import pytest
 
 from data_pipelines import features as feat_lib
 from data_pipelines.dataset import PreparedDataset
@@ -74,3 +76,35 @@ def test_per_speaker_standardisation_uses_no_labels_and_no_other_speaker(tmp_pat
   # The raw view undoes the speaker's standardisation.
   np.testing.assert_allclose(ds1.example(by_id1["a0"], normalized=False).features,
                              raw["a0"], rtol=2e-3, atol=2e-3 * np.abs(raw["a0"]).max())
+
+
+def test_rerun_skips_and_cached_durations_filter_alike(tmp_path):
+  """A finished preparation is not redone; a rebuild from the feature cache keeps
+  exactly the pairs the first run kept (durations near the pair filter's 1.5 s
+  threshold: frames / 100 runs ~0.05 s short of the audio's duration)."""
+  audio = tmp_path / "audio"
+  recs = [Utterance(utt_id=f"u{i}", text="two words", speaker="s",
+                    audio_path=write_wav(str(audio / f"u{i}.wav"), s, seed=i))
+          for i, s in enumerate((1.46, 1.52, 1.55, 2.0))]
+  opts = PrepareOptions(name="p", num_workers=1, progress=False, filter_pairs=True)
+  out = str(tmp_path / "prepared")
+  first = prepare(recs, out, opts)
+  kept = [r["utt_id"] for r in PreparedDataset(out).records]
+  assert kept == ["u1", "u2", "u3"] and "1.46 s < 1.5 s" in first["skipped_items"]["u0"]
+  # Same inputs and options: the stored report comes back, nothing is rewritten.
+  mtime = os.path.getmtime(os.path.join(out, "records.jsonl"))
+  again = prepare(recs, out, opts)
+  assert again == first and os.path.getmtime(os.path.join(out, "records.jsonl")) == mtime
+  # Rebuilt from the cache (report gone, durations log gone): same pairs, same order,
+  # and the shards still match the records.
+  os.remove(os.path.join(out, "report.json"))
+  os.remove(os.path.join(out, "features", feat_lib.DURATIONS))
+  rebuilt = prepare(recs, out, opts)
+  assert rebuilt["written"] == 3 and rebuilt["extraction_workers"] == 0
+  ds = PreparedDataset(out)
+  assert [r["utt_id"] for r in ds.records] == kept
+  for r in ds.records:
+    assert ds.example(r).utt_id == r["utt_id"]
+  # Other options on the same directory: a clear error, not shards of another build.
+  with pytest.raises(ValueError, match=r"prepared from other options \['min_pair_seconds'\]"):
+    prepare(recs, out, dataclasses.replace(opts, min_pair_seconds=1.53))

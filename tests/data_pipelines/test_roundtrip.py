@@ -125,10 +125,13 @@ def test_normalisation_uses_train_stats(corpus):
 def test_rerun_skips_finished_work(corpus):
   root, out = corpus["root"], corpus["out"]
   info = os.path.join(dataset_lib._tfds_dir(out), "dataset_info.json")  # pylint: disable=protected-access
-  before = os.path.getmtime(info)
+  records = os.path.join(out, "records.jsonl")
+  before = os.path.getmtime(info), os.path.getmtime(records)
   rep = prepare(read_manifest(str(root / "manifest.csv")), out,
                 PrepareOptions(name="fixture", label_names=("calm", "excited"),
                                feature_dtype="float32", num_workers=1, progress=False))
+  # The finished preparation's own report comes back; nothing is extracted or rewritten.
   assert rep["written"] == 12
-  assert rep["extraction_workers"] == 0 or rep["audio_seconds_extracted"] == 0
-  assert os.path.getmtime(info) == before
+  with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
+    assert rep == json.load(f)
+  assert (os.path.getmtime(info), os.path.getmtime(records)) == before

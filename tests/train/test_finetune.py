@@ -105,6 +105,19 @@ def test_tables_5_6_7_end_to_end_then_resume(ft_config, tmp_path, monkeypatch):
   monkeypatch.setattr(ft, "train_run", lambda *a, **k: pytest.fail("retrained a cached run"))
   again = downstream.run(c, layout)
   assert again["table5"] == summary["table5"]
+  # Another work dir sharing the run cache (and this student) gets its exported
+  # classifiers from the cache, still without training.
+  other = Layout(str(tmp_path / "other"))
+  with c.unlocked():
+    c.finetune.cache_dir = os.path.join(work, "finetune", "runs")
+    c.finetune.init_dir = os.path.join(work, "distill", "student")
+    c.finetune.tables = "5"
+  assert downstream.run(c, other)["table5"] == summary["table5"]
+  got, meta2 = export.load(os.path.join(other.root, "finetune", "model_mced"))
+  assert meta2 == meta and all(np.array_equal(a, b) for a, b in zip(
+      jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(params)))
+  with c.unlocked():
+    c.finetune.cache_dir, c.finetune.init_dir = "", ""
   # A job that runs one table keeps the others in results.md.
   with c.unlocked():
     c.finetune.tables = "7"

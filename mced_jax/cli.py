@@ -1,0 +1,24 @@
+"""Flag parsing shared by the small command-line tools (predict, compare, prepare).
+
+`python -m mced_jax.main` uses absl.app with config flags; the tools parse their own
+absl FlagValues. This gives them the same answers: --help prints usage, the module
+text and the flags; an unknown or malformed flag prints the problem and the usage.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def parse(fv, argv, usage: str, doc: str = "") -> list[str]:
+  """The positional arguments after the program name; exits 0 after --help and 2
+  (with the problem on stderr) on a bad flag."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+    print("\n".join(p for p in (usage, doc.strip(), fv.get_help()) if p))
+    raise SystemExit(0)
+  try:
+    return fv(list(argv))[1:]
+  except flags.Error as e:
+    print(f"error: {e}\n{usage}", file=sys.stderr)
+    raise SystemExit(2) from None
