@@ -88,7 +88,8 @@ def _kept_export(run_json: str) -> str:
 
 
 def _copy_export(run_json: str, export_dir: str) -> None:
-  if jax.process_index() == 0 and export_lib.exists(_kept_export(run_json)):
+  """Callers know the kept model exists; process 0 copies it."""
+  if jax.process_index() == 0:
     fs.copy_tree(_kept_export(run_json), export_dir)
 
 
