@@ -123,6 +123,8 @@ def get_config(arg: str | None = None):
   c.student.mlp_dim = 2048  # CHOICE: the usual 4 x d_model
   c.student.dropout = 0.1  # CHOICE: standard Transformer dropout
   c.student.classifier_hidden = 256  # CHOICE: 2 FC layers (paper), 512 -> 256 -> C
+  c.student.pooling = "max"  # paper; "stats"/"mstats" (mean + std over frames) are extra-row options
+  c.student.input_stats = False  # True: the input LLDs' mean + std also reach the classifier
 
   # ---------------- distillation (paper 2.3, 3.2) ----------------
   c.distill = mlc.ConfigDict()

@@ -22,6 +22,11 @@ The variant is a comma-separated list:
   ingredients:     speaker -- per-speaker standardisation, in the pairs and in
                               fine-tuning (no labels; legitimate for test speakers)
                    words   -- feature-level loss over word tokens only
+                   stats   -- the student pools mean + std over frames instead of
+                              the paper's max (an architecture change: distils again)
+                   mstats  -- mean + std pooled from every level of the student
+                   lldstats -- the input LLDs' mean + std also reach the classifier
+                              (the classic functionals inside the student)
                    conf<P> -- keep pairs whose teacher confidence >= P (e.g. conf0.5)
                    ep<N>   -- N fine-tuning epochs (best validation epoch selected)
                    aug     -- SpecAugment-style time and feature masking
@@ -111,6 +116,10 @@ def get_config(arg: str | None = None):
       c.finetune.normalize = "speaker"
     elif p == "words":
       c.distill.fl_tokens = "words"
+    elif p in ("stats", "mstats"):
+      c.student.pooling = p
+    elif p == "lldstats":
+      c.student.input_stats = True
     elif p.startswith("conf"):
       c.distill.min_teacher_confidence = float(p[4:])
     elif p.startswith("ep"):

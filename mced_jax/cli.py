@@ -22,3 +22,24 @@ def parse(fv, argv, usage: str, doc: str = "") -> list[str]:
   except flags.Error as e:
     print(f"error: {e}\n{usage}", file=sys.stderr)
     raise SystemExit(2) from None
+
+
+def define_report_flags(fv) -> None:
+  """--holdout and --out, for the tools that write a markdown report over folds."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_string("holdout", "fold6", "comma-separated held-out fold names (prefixes)",
+                      flag_values=fv)
+  flags.DEFINE_string("out", "", "write the report here too (markdown)", flag_values=fv)
+
+
+def holdout(fv) -> list[str]:
+  return [h.strip() for h in fv.holdout.split(",") if h.strip()]
+
+
+def emit(text: str, out: str) -> int:
+  """Prints the report, writes it to `out` when given; the exit status (0)."""
+  from mced_jax import fs  # pylint: disable=import-outside-toplevel
+  print(text)
+  if out:
+    fs.write_text(out, text)
+  return 0

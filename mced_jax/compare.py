@@ -111,19 +111,13 @@ def report(workdirs, holdout) -> str:
 def main(argv) -> int:
   from absl import flags  # pylint: disable=import-outside-toplevel
   fv = flags.FlagValues()
-  flags.DEFINE_string("holdout", "fold6", "comma-separated held-out fold names (prefixes)",
-                      flag_values=fv)
-  flags.DEFINE_string("out", "", "write the report here too (markdown)", flag_values=fv)
+  cli.define_report_flags(fv)
   usage = "usage: python -m mced_jax.compare WORKDIR [WORKDIR ...] [--holdout=fold6] [--out=FILE]"
   workdirs = cli.parse(fv, argv, usage, __doc__)
   if not workdirs:
     print(usage, file=sys.stderr)
     return 2
-  text = report(workdirs, [h.strip() for h in fv.holdout.split(",") if h.strip()])
-  print(text)
-  if fv.out:
-    fs.write_text(fv.out, text)
-  return 0
+  return cli.emit(report(workdirs, cli.holdout(fv)), fv.out)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ from mced_jax import fs
 PARAMS, META = "params.msgpack", "model.json"
 STUDENT_FIELDS = ("num_classes", "feature_dim", "conv_channels", "conv_kernels",
                   "conv_strides", "d_model", "num_layers", "num_heads", "mlp_dim", "dropout",
-                  "classifier_hidden")
+                  "classifier_hidden", "pooling", "input_stats")
 
 
 def student_dict(student_cfg) -> dict:
   return {k: (list(student_cfg[k]) if isinstance(student_cfg[k], (tuple, list))
-              else student_cfg[k]) for k in STUDENT_FIELDS}
+              else student_cfg[k]) for k in STUDENT_FIELDS if k in student_cfg}
 
 
 def to_host(params):

@@ -98,3 +98,7 @@ def test_ravdess_real_finetune_only_parts_reuse_the_base_distillation():
   assert labelled.frame_buckets(demo) == labelled.frame_buckets(c) == (250, 500, 1000, 1400, 1800)
   with pytest.raises(ValueError, match="unknown part 'bogus'"):
     mod.get_config("real,bogus")
+  # Pooling is architecture: it distils its own student, shared by its fine-tuning parts.
+  s = mod.get_config("demo,speaker,mstats,ep20,folds5")
+  assert s.student.pooling == "mstats" and demo.student.pooling == "max"
+  assert s.finetune.init_dir == "runs/ravdess_real/demo_speaker_mstats/distill/student"

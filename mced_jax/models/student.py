@@ -2,6 +2,14 @@
 
 Conv1D block (4 layers) -> sinusoidal positions -> Transformer encoder (6 layers,
 4 heads, d_model 512) -> max-pool over valid frames -> 2 fully-connected layers.
+`pooling="stats"` (an extra-row option, not the paper's) pools the mean and the
+standard deviation over valid frames instead, the utterance statistics that make
+the classic functionals baseline strong; `"mstats"` pools them from every level
+(the projected conv output, each layer, the final norm), so the classifier also
+sees the shallow levels that distillation's feature-level loss shapes.
+`input_stats=True` (extra rows only) also hands the classifier the mean and std of
+the input LLDs themselves: the classic functionals inside the model, to measure
+what the learned layers add on top of them.
 
 Padding invariance is a design goal: appending padding frames must not change the
 logits or the hidden states of valid frames. That is why
@@ -106,6 +114,24 @@ class EncoderLayer(nn.Module):
     return x + h
 
 
+def pool_frames(x: jax.Array, mask: jax.Array, how: str) -> jax.Array:
+  """[B, T, D] -> [B, D] ("max") or [B, 2D] ("stats": mean, std), valid frames only;
+  an utterance with no valid frame pools to zeros."""
+  any_valid = mask.any(axis=1, keepdims=True)
+  if how == "max":  # padding is pushed to the dtype's minimum so it can never win
+    pooled = jnp.where(mask[..., None], x, jnp.finfo(x.dtype).min).max(axis=1)
+    return jnp.where(any_valid, pooled, 0)
+  if how == "stats":  # in fp32: a bf16 sum over a thousand frames loses the variance
+    m = mask[..., None].astype(jnp.float32)
+    n = jnp.maximum(m.sum(axis=1), 1.0)
+    xf = x.astype(jnp.float32)
+    mean = (xf * m).sum(axis=1) / n
+    var = (jnp.square(xf - mean[:, None]) * m).sum(axis=1) / n
+    pooled = jnp.concatenate([mean, jnp.sqrt(var + 1e-6)], axis=-1)
+    return jnp.where(any_valid, pooled, 0).astype(x.dtype)
+  raise ValueError(f"student.pooling must be 'max', 'stats' or 'mstats', got {how!r}")
+
+
 class Student(nn.Module):
   """Conv1D + Transformer speech emotion model.
 
@@ -124,6 +150,8 @@ class Student(nn.Module):
   mlp_dim: int = 2048
   dropout: float = 0.1
   classifier_hidden: int = 256
+  pooling: str = "max"  # paper: max over frames; "stats"/"mstats": mean and std
+  input_stats: bool = False  # also pool the input features' mean and std
   max_frames: int = 4096
   dtype: Dtype = jnp.float32  # compute dtype (the precision policy's module dtype)
 
@@ -134,6 +162,7 @@ class Student(nn.Module):
     x, mask = ConvBlock(self.conv_channels, self.conv_kernels, self.conv_strides,
                         dtype=self.dtype, name="conv_block")(features, frame_mask)
     x = nn.Dense(self.d_model, dtype=self.dtype, name="proj")(x)
+    levels = [x]  # "mstats": before the positions, which would shift every utterance alike
     t = x.shape[1]
     if t > self.max_frames:
       raise ValueError(f"{t} frames after downsampling exceed max_frames={self.max_frames}")
@@ -145,11 +174,14 @@ class Student(nn.Module):
                        dtype=self.dtype, name=f"layer_{i + 1}")(x, mask, deterministic)
       hidden.append(x)
     x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
-    # Max over valid frames only: padding is pushed to the dtype's minimum so it can
-    # never win; an utterance with no valid frame pools to zeros instead of -inf.
-    neg = jnp.finfo(x.dtype).min
-    pooled = jnp.where(mask[..., None], x, neg).max(axis=1)
-    pooled = jnp.where(mask.any(axis=1, keepdims=True), pooled, 0)
+    if self.pooling == "mstats":
+      levels += hidden[1:-1] + [x]
+      pooled = jnp.concatenate([pool_frames(h, mask, "stats") for h in levels], axis=-1)
+    else:
+      pooled = pool_frames(x, mask, self.pooling)
+    if self.input_stats:
+      pooled = jnp.concatenate(
+          [pooled, pool_frames(features.astype(pooled.dtype), frame_mask, "stats")], axis=-1)
     h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1")(pooled)
     h = nn.relu(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)
@@ -170,5 +202,7 @@ def student_from_config(cfg, dtype=jnp.float32, **overrides) -> Student:
       mlp_dim=cfg.mlp_dim,
       dropout=cfg.dropout,
       classifier_hidden=cfg.classifier_hidden,
+      pooling=getattr(cfg, "pooling", "max"),  # exports from before the option: max
+      input_stats=bool(getattr(cfg, "input_stats", False)),
       dtype=dtype,
   ).clone(**overrides)

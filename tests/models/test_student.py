@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mced_jax import precision
-from mced_jax.models.student import Student, conv_output_mask
+from mced_jax.models.student import Student, conv_output_mask, pool_frames
 
 
 def tiny_student(**kw):
@@ -36,9 +36,13 @@ def test_conv_output_mask_is_ceil_of_length():
   np.testing.assert_array_equal(out, -(-lengths // 2))
 
 
-@pytest.mark.parametrize("cpu_bf16,atol", [(False, 1e-5), (True, 1e-2)])
-def test_appending_padding_changes_nothing(cpu_bf16, atol):
-  m = tiny_student()
+@pytest.mark.parametrize("cpu_bf16,atol,pooling", [(False, 1e-5, "max"), (True, 1e-2, "max"),
+                                                   (False, 1e-5, "stats"),
+                                                   (False, 1e-5, "mstats"),
+                                                   (False, 1e-5, "stats+input")])
+def test_appending_padding_changes_nothing(cpu_bf16, atol, pooling):
+  how, _, extra = pooling.partition("+")
+  m = tiny_student(pooling=how, input_stats=extra == "input")
   policy = precision.Policy("bfloat16" if cpu_bf16 else "float32", cpu_bf16)
   rng = np.random.default_rng(1)
   x = rng.normal(size=(3, 41, 130)).astype(np.float32)
@@ -89,8 +93,22 @@ def test_max_pool_never_picks_padding():
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_all_padding_row_is_finite():
-  m = tiny_student()
+def test_stats_pool_is_mean_and_std_of_valid_frames():
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 9, 3)).astype(np.float32)
+  x[1, 5:] = 1e6  # padding: must not move either statistic
+  mask = np.arange(9)[None] < np.array([[9], [5]])
+  got = np.asarray(pool_frames(jnp.asarray(x), jnp.asarray(mask), "stats"))
+  for i, n in enumerate((9, 5)):
+    np.testing.assert_allclose(got[i, :3], x[i, :n].mean(0), atol=1e-5)
+    np.testing.assert_allclose(got[i, 3:], x[i, :n].std(0), atol=1e-3)
+  with pytest.raises(ValueError, match="pooling"):
+    pool_frames(jnp.asarray(x), jnp.asarray(mask), "mean")
+
+
+@pytest.mark.parametrize("pooling", ["max", "stats", "mstats"])
+def test_all_padding_row_is_finite(pooling):
+  m = tiny_student(pooling=pooling)
   x = np.ones((2, 12, 130), np.float32)
   mask = np.zeros((2, 12), bool)
   mask[0, :5] = True
