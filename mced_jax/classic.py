@@ -100,7 +100,12 @@ def main(argv) -> int:
   if len(args) != 1:
     print(usage, file=sys.stderr)
     return 2
-  return cli.emit(report(args[0], fv.normalize, fv.l2, cli.holdout(fv), fv.folds), fv.out)
+  try:
+    text = report(args[0], fv.normalize, fv.l2, cli.holdout(fv), fv.folds)
+  except (FileNotFoundError, ValueError) as e:  # no prepared corpus, too few classes
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return cli.emit(text, fv.out)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,5 @@ def test_cli_needs_one_prepared_dir(capsys):
     classic.main(["classic", "--help"])
   assert e.value.code == 0 and "logistic regression" in capsys.readouterr().out
   assert classic.main(["classic"]) == 2
+  assert classic.main(["classic", "/nonexistent/prepared"]) == 2
+  assert "/nonexistent/prepared: no records.jsonl" in capsys.readouterr().err
