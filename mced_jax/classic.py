@@ -34,8 +34,7 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, steps:
                lr: float = 0.1):
   """Softmax regression on standardised inputs, classes weighted inversely to
   their frequency (UAR weighs classes equally). Returns (W, b)."""
-  counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-  w = (len(y) / (num_classes * np.maximum(counts, 1)))[y]
+  w = labelled.class_weights(y, num_classes, "balanced").astype(np.float64)[y]
   w /= w.sum()
   onehot = np.eye(num_classes)[y]
   wt, b = np.zeros((x.shape[1], num_classes)), np.zeros(num_classes)
@@ -69,7 +68,7 @@ def report(path: str, normalize: str, l2: float, holdout, num_folds: int = 6) ->
   corpus = labelled.load_corpus(path)
   folds = protocols.make_folds(corpus.records, "speaker_kfold", num_folds)
   res = {f.name: run_fold(corpus, f, normalize, l2) for f in folds}
-  held = [n for n in res if any(n == h or n.startswith(h + "_") for h in holdout)]
+  held = [n for n in res if protocols.is_held_out(n, holdout)]
   sel = [n for n in res if n not in held]
   lines = [f"Utterance mean + std of the IS16 frames ({normalize}-standardised) + logistic "
            f"regression (L2 {l2:g}, balanced), {corpus.path}, {len(folds)} speaker folds.", "",

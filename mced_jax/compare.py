@@ -21,6 +21,7 @@ import numpy as np
 
 from mced_jax import cli
 from mced_jax import fs
+from mced_jax import protocols
 
 METRICS = ("WA", "UAR", "F1", "WF1")
 SCRATCH, MCED = "Student−MCED", "Student+MCED"
@@ -34,10 +35,6 @@ def read_runs(workdir: str) -> list[dict]:
   return [r for r in rows if float(r["fraction"]) == 1.0]
 
 
-def _is_holdout(fold: str, holdout) -> bool:
-  return any(fold == h or fold.startswith(h + "_") for h in holdout)
-
-
 def summarize(rows, holdout) -> dict:
   """variant -> {"select": {metric: (mean, std, n)}, "holdout": ..., "folds": {fold: UAR}}"""
   out = {}
@@ -45,7 +42,7 @@ def summarize(rows, holdout) -> dict:
     rs = [r for r in rows if r["variant"] == v]
     entry = {"folds": {}}
     for part, keep in (("select", False), ("holdout", True)):
-      sel = [r for r in rs if _is_holdout(r["fold"], holdout) == keep]
+      sel = [r for r in rs if protocols.is_held_out(r["fold"], holdout) == keep]
       entry[part] = {m: (float(np.mean([float(r[f"test_{m}"]) for r in sel])),
                          float(np.std([float(r[f"test_{m}"]) for r in sel], ddof=1))
                          if len(sel) > 1 else 0.0, len(sel)) for m in METRICS} if sel else {}
@@ -63,7 +60,7 @@ def wins(rows, holdout) -> dict:
   folds = list(dict.fromkeys(r["fold"] for r in rows))
   res = {}
   for part, keep in (("select", False), ("holdout", True)):
-    fs_ = [f for f in folds if _is_holdout(f, holdout) == keep]
+    fs_ = [f for f in folds if protocols.is_held_out(f, holdout) == keep]
     fold_wins, pair_wins, pairs = 0, 0, 0
     for f in fs_:
       seeds = sorted({s for (v, ff, s) in by if ff == f})

@@ -29,7 +29,7 @@ STUDENT_FIELDS = ("num_classes", "feature_dim", "conv_channels", "conv_kernels",
 
 def student_dict(student_cfg) -> dict:
   return {k: (list(student_cfg[k]) if isinstance(student_cfg[k], (tuple, list))
-              else student_cfg[k]) for k in STUDENT_FIELDS if k in student_cfg}
+              else student_cfg[k]) for k in STUDENT_FIELDS}
 
 
 def to_host(params):

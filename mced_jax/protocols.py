@@ -97,6 +97,12 @@ def leave_session_out(records) -> list[Fold]:
   return folds
 
 
+def is_held_out(fold_name: str, holdout) -> bool:
+  """Whether a fold is one of the held-out names, given whole or as a prefix
+  (`fold6` names `fold6_test_actor16-actor18`)."""
+  return any(fold_name == h or fold_name.startswith(h + "_") for h in holdout)
+
+
 def make_folds(records, protocol: str, num_folds: int = 6) -> list[Fold]:
   if protocol == "split":
     return split_folds(records)
