@@ -48,13 +48,20 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float, steps:
   return wt, b
 
 
-def run_fold(corpus: labelled.Corpus, fold: protocols.Fold, normalize: str, l2: float) -> dict:
+def stats_features(feats: dict, ids) -> np.ndarray:
+  """The classic representation: each utterance's frame mean + std."""
+  return np.stack([utterance_stats(feats[u]) for u in ids])
+
+
+def run_fold(corpus: labelled.Corpus, fold: protocols.Fold, normalize: str, l2: float,
+             featurize=stats_features) -> dict:
+  """Fits on the fold's training speakers, scores its test speakers. `featurize`
+  maps (standardised features by utterance, ids) to one row per utterance."""
   feats = labelled.standardized(corpus, fold, fold.train, normalize)
   nc = len(corpus.classes)
 
   def xy(ids):
-    return (np.stack([utterance_stats(feats[u]) for u in ids]),
-            np.array([corpus.labels[u] for u in ids]))
+    return featurize(feats, ids), np.array([corpus.labels[u] for u in ids])
 
   x_tr, y_tr = xy(fold.train)
   x_te, y_te = xy(fold.test)
@@ -64,15 +71,23 @@ def run_fold(corpus: labelled.Corpus, fold: protocols.Fold, normalize: str, l2: 
   return metrics_lib.classification_report(y_te, pred, nc)
 
 
-def report(path: str, normalize: str, l2: float, holdout, num_folds: int = 6) -> str:
+def report(path: str, normalize: str, l2: float, holdout, num_folds: int = 6,
+           featurize=stats_features, what: str = "") -> str:
+  """The markdown report over every fold; `what` names the representation."""
   corpus = labelled.load_corpus(path)
   folds = protocols.make_folds(corpus.records, "speaker_kfold", num_folds)
-  res = {f.name: run_fold(corpus, f, normalize, l2) for f in folds}
+  res = {f.name: run_fold(corpus, f, normalize, l2, featurize) for f in folds}
+  what = what or "Utterance mean + std of the IS16 frames"
+  return format_report(f"{what} ({normalize}-standardised) + logistic regression (L2 {l2:g}, "
+                       f"balanced), {corpus.path}, {len(folds)} speaker folds.", res, holdout)
+
+
+def format_report(title: str, res: dict, holdout) -> str:
+  """Markdown: mean ± std over the selection folds and the held-out ones apart,
+  then UAR per fold. `res` maps fold name -> classification report."""
   held = [n for n in res if protocols.is_held_out(n, holdout)]
   sel = [n for n in res if n not in held]
-  lines = [f"Utterance mean + std of the IS16 frames ({normalize}-standardised) + logistic "
-           f"regression (L2 {l2:g}, balanced), {corpus.path}, {len(folds)} speaker folds.", "",
-           "| folds | WA | UAR | F1 | WF1 |", "|---|---|---|---|---|"]
+  lines = [title, "", "| folds | WA | UAR | F1 | WF1 |", "|---|---|---|---|---|"]
   for name, part in (("selection", sel), ("held out: " + ", ".join(held), held)):
     if part:
       cells = " | ".join(f"{np.mean([res[n][m] for n in part]):.3f} ± "

@@ -51,11 +51,14 @@ def save(directory: str, params, meta: dict) -> None:
   fs.write_bytes(fs.join(directory, META), json.dumps(meta, indent=1).encode())
 
 
-def save_student(directory: str, config, params, step: int, source: str, stats=None) -> None:
-  """The distilled student (no soft-align weights), for fine-tuning."""
+def save_student(directory: str, config, params, step: int, source: str, stats=None,
+                 class_names=None) -> None:
+  """The distilled student (no soft-align weights), for fine-tuning; `class_names`
+  are the teacher's, which the student's own head predicts."""
   d = config.distill
   meta = {"kind": "distilled_student", "student": student_dict(config.student),
           "teacher_classes": int(config.student.num_classes), "step": step,
+          "teacher_class_names": list(class_names) if class_names else None,
           "data_source": source, "teacher_layers": list(d.teacher_layers),
           "student_layers": list(d.student_layers), "rl_weight": float(d.rl_weight),
           "lambdas": list(d.lambdas)}

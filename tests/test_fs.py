@@ -61,6 +61,8 @@ def test_url_workdir_round_trips_checkpoint_metrics_and_export(tiny_config, tmp_
   assert fs.read_json(fs.join(layout.stage("distill"), "config.json"))["workdir"] == layout.root
   params, meta = export.load(layout.distilled_student)
   assert meta["kind"] == "distilled_student" and meta["step"] == 4
+  # The head's classes travel with it (mced_jax.probe's zero-shot scoring).
+  assert len(meta["teacher_class_names"]) == meta["teacher_classes"]
   jax.tree.map(np.testing.assert_array_equal, params,
                jax.device_get(second.state.params["student"]))
   assert not os.listdir(tmp_path), f"local paths created: {os.listdir(tmp_path)}"

@@ -182,6 +182,7 @@ class Student(nn.Module):
     if self.input_stats:
       pooled = jnp.concatenate(
           [pooled, pool_frames(features.astype(pooled.dtype), frame_mask, "stats")], axis=-1)
+    self.sow("intermediates", "pooled", pooled)  # the classifier's input (mced_jax.probe)
     h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1")(pooled)
     h = nn.relu(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)

@@ -161,6 +161,7 @@ def train(config, layout, out_dir: str | None = None) -> kit.Result:
   student_dir = fs.join(out, "student")
   if res.status == "done" and not export_lib.exists(student_dir):
     export_lib.save_student(student_dir, config, res.state.params["student"],
-                            int(jax.device_get(res.state.step)), name, stats)
+                            int(jax.device_get(res.state.step)), name, stats,
+                            pairs.class_names(dist.teacher))
     logging.info("distill: exported the student to %s", student_dir)
   return res

@@ -36,6 +36,11 @@ def teacher_probs(teacher, params, ids, batch_size: int = 64) -> np.ndarray:
   return out
 
 
+def class_names(teacher) -> list[str]:
+  """The teacher's class names in logit order (its id2label)."""
+  return [teacher.config.id2label.get(i, str(i)) for i in range(teacher.config.num_labels)]
+
+
 def summary(probs: np.ndarray, labels) -> dict:
   conf, pred = probs.max(-1), probs.argmax(-1)
   n = len(probs)
@@ -63,8 +68,7 @@ def teacher_on_pairs(dist, ds, recs, out_dir: str) -> dict:
   ids = [ds.example(r).input_ids for r in recs]
   params = dist.teacher_params
   probs = teacher_probs(dist.teacher, params, ids)
-  labels = [dist.teacher.config.id2label.get(i, str(i))
-            for i in range(dist.teacher.config.num_labels)]
+  labels = class_names(dist.teacher)
   report = summary(probs, labels)
   report["labels"] = labels
   report["per_utterance"] = {r["utt_id"]: [int(p.argmax()), round(float(p.max()), 5)]
