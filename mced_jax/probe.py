@@ -35,6 +35,7 @@ from mced_jax import cli
 from mced_jax import export as export_lib
 from mced_jax import labelled
 from mced_jax import metrics as metrics_lib
+from mced_jax import protocols
 from mced_jax.models import student as student_lib
 
 BUCKETS = (250, 500, 1000, 1400, 1800)  # frames; longer utterances get their own shape
@@ -50,7 +51,8 @@ class Featurizer:
                with_stats: bool = False, batch_size: int = 32):
     if init not in ("distilled", "random"):
       raise ValueError(f"--init must be 'distilled' or 'random', got {init!r}")
-    _, meta = export_lib.load(student_dir)
+    from mced_jax.train import finetune  # pylint: disable=import-outside-toplevel
+    params, meta = export_lib.load(student_dir)
     cfg = mlc.ConfigDict(meta["student"])
     self.student = student_lib.student_from_config(cfg)
     if level not in ("pooled", "logits") and not (
@@ -58,12 +60,9 @@ class Featurizer:
       raise ValueError(f"--level must be 'pooled', 'logits' or 0..{cfg.num_layers}, got {level!r}")
     # Exports from before the names were kept: teachers trained on the text corpora.
     self.class_names = meta.get("teacher_class_names") or list(text_corpora.CLASSES)
-    if init == "distilled":  # everything, the head too (zero-shot scoring uses it)
-      self.params = export_lib.load(student_dir)[0]
-    else:
-      self.params = self.student.init(jax.random.PRNGKey(seed),
-                                      jnp.zeros((1, 16, cfg.feature_dim)),
-                                      jnp.ones((1, 16), bool))["params"]
+    # Distilled: everything, the head too (zero-shot scoring uses it).
+    self.params = (params if init == "distilled"
+                   else finetune.init_params(self.student, cfg.feature_dim, seed, None))
     self.level, self.with_stats, self.batch_size = level, with_stats, batch_size
     self._memo = {}  # per utterance and input: per-speaker inputs repeat over folds
     self._apply = jax.jit(self._represent)
@@ -121,7 +120,6 @@ def zero_shot_fold(corpus, fold, normalize: str, feat: Featurizer) -> dict:
 
 def zero_shot_report(student_dir: str, path: str, normalize: str, holdout,
                      num_folds: int = 6) -> str:
-  from mced_jax import protocols  # pylint: disable=import-outside-toplevel
   corpus = labelled.load_corpus(path)
   folds = protocols.make_folds(corpus.records, "speaker_kfold", num_folds)
   feat = Featurizer(student_dir, "distilled", level="logits")
