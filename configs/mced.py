@@ -125,6 +125,9 @@ def get_config(arg: str | None = None):
   c.student.classifier_hidden = 256  # CHOICE: 2 FC layers (paper), 512 -> 256 -> C
   c.student.pooling = "max"  # paper; "stats"/"mstats" (mean + std over frames) are extra-row options
   c.student.input_stats = False  # True: the input LLDs' mean + std also reach the classifier
+  # True (extra rows): the pooled vector is standardised with its speaker's statistics
+  # before the classifier (finetune.speaker_group utterances per group in training).
+  c.student.speaker_norm = False
 
   # ---------------- distillation (paper 2.3, 3.2) ----------------
   c.distill = mlc.ConfigDict()
@@ -263,6 +266,9 @@ def get_config(arg: str | None = None):
   # CHOICE: inverse-frequency class weights, since selection and the headline
   # metric (UAR) weigh every class equally.
   c.finetune.class_weighting = "balanced"
+  # CHOICE: with student.speaker_norm, a training batch is groups of this many
+  # utterances of one speaker, whose pooled statistics stand in for the speaker's.
+  c.finetune.speaker_group = 8
   # A row added to Table 5 for comparison: {"name": ..., "WA": ..., "UAR": ...}.
   c.finetune.reference = mlc.ConfigDict({"name": ""})
 

@@ -13,6 +13,8 @@ cached, so an interrupted job resumes where it stopped):
 Times on 2 cores, one job alone: `real,speaker` (data 8 min, distillation ~19
 min, 36 fine-tuning runs ~50 min) ~1.3 h; a `folds5` variant that distils again
 ~20 min + 15 runs (~21 min), one that only changes fine-tuning 30 runs (~45 min).
+The best recipe, `demo,speaker,stats,ep20,pat5,spknorm`, fine-tunes the
+`demo,speaker,stats` student (run that first): 36 runs ~100 min.
 So the full set of variants takes hours: every stage skips finished work.
 
 The variant is a comma-separated list:
@@ -30,6 +32,8 @@ The variant is a comma-separated list:
                    conf<P> -- keep pairs whose teacher confidence >= P (e.g. conf0.5)
                    ep<N>   -- N fine-tuning epochs (best validation epoch selected)
                    aug     -- SpecAugment-style time and feature masking
+                   spknorm -- the pooled vector standardised per speaker before the
+                              classifier (fine-tuning only; groups of 8 in training)
                    pat<N>  -- early stopping: end a run after N epochs without a
                               better validation UAR
                    folds5  -- only folds 1-5 (choosing ingredients; fold 6 stays unseen)
@@ -60,7 +64,7 @@ REAL_MANIFESTS = [f"{PAIRS_REAL}/{d}/manifest.csv" for d in (
 
 
 def _finetune_only(part: str) -> bool:
-  return part in ("aug", "folds5") or (part[:2] == "ep" and part[2:].isdigit()) or (
+  return part in ("aug", "folds5", "spknorm") or (part[:2] == "ep" and part[2:].isdigit()) or (
       part[:3] == "pat" and part[3:].isdigit())
 
 
@@ -128,6 +132,8 @@ def get_config(arg: str | None = None):
       c.finetune.patience = int(p[3:])
     elif p == "aug":  # CHOICE: 2 time spans of <= 40 frames, 2 bands of <= 13 dims
       c.finetune.augment.time_masks, c.finetune.augment.feature_masks = 2, 2
+    elif p == "spknorm":
+      c.student.speaker_norm = True
     elif p == "folds5":
       c.finetune.max_folds = 5
     else:

@@ -47,6 +47,12 @@ def initialize(cfg) -> bool:
     jax.distributed.initialize()
   else:
     return False
+  if cfg.cpu_collectives:
+    # Gloo builds its all-device context at the first cross-process computation and
+    # waits only 30 s for the other processes; a step's compilation under load can
+    # lag more than that. Build it now, while initialize() has the processes in step.
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("mced_jax: cpu collectives")
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # one process speaks for the job
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",

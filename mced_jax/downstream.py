@@ -55,8 +55,12 @@ def fingerprint(config, corpus, protocol: str) -> str:
   f = config.finetune
   keys = ["epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "b2",
           "crop_frames", "class_weighting", "select_metric", "normalize", "patience"]
+  student = export_lib.student_dict(config.student)
+  # Options added later enter the key only when used, so earlier caches stay valid.
+  if student.pop("speaker_norm"):
+    student["speaker_norm"] = f.speaker_group
   setup = {"finetune": {**{k: f[k] for k in keys}, "augment": f.augment.to_dict()},
-           "student": export_lib.student_dict(config.student), "dtype": config.dtype,
+           "student": student, "dtype": config.dtype,
            "corpus": fs.abspath(corpus.path), "classes": list(corpus.classes),
            "protocol": protocol, "buckets": list(labelled.frame_buckets(config))}
   return hashlib.sha1(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:10]

@@ -24,7 +24,7 @@ from mced_jax import fs
 PARAMS, META = "params.msgpack", "model.json"
 STUDENT_FIELDS = ("num_classes", "feature_dim", "conv_channels", "conv_kernels",
                   "conv_strides", "d_model", "num_layers", "num_heads", "mlp_dim", "dropout",
-                  "classifier_hidden", "pooling", "input_stats")
+                  "classifier_hidden", "pooling", "input_stats", "speaker_norm")
 
 
 def student_dict(student_cfg) -> dict:

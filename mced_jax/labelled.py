@@ -64,16 +64,33 @@ def frame_buckets(config) -> tuple:
   return tuple(config.finetune.frame_buckets) or tuple(config.data.frame_buckets)
 
 
-def train_plan(lengths: dict, ids, batch_size: int, crop: int, epochs: int, seed: int):
+def train_plan(lengths: dict, ids, batch_size: int, crop: int, epochs: int, seed: int,
+               speakers: dict | None = None, group_size: int = 0):
   """Every training batch of a run, in order: (indices, crop offsets) per batch.
   Utterances longer than `crop` frames get a random window (augmentation). A pure
-  function of the seed, so a resumed run replays the same batches."""
+  function of the seed, so a resumed run replays the same batches. With
+  `group_size`, a batch is batch_size / group_size groups of consecutive rows, each
+  group `group_size` utterances of one speaker (`speakers`: utt_id -> speaker), for
+  a model that standardises its representation per speaker group."""
   rng = np.random.default_rng(seed)
+  if group_size and (batch_size % group_size or not speakers):
+    raise ValueError(f"speaker groups of {group_size} need speakers and a batch size that "
+                     f"is a multiple of it (got {batch_size})")
+  by_speaker = {}
+  for i, u in enumerate(ids):
+    by_speaker.setdefault(speakers[u] if group_size else "", []).append(i)
   plan = []
   for _ in range(epochs):
-    order = rng.permutation(len(ids))
-    for s in range(0, len(order) - batch_size + 1, batch_size):  # drop the remainder
-      idx = order[s: s + batch_size]
+    if not group_size:
+      chunks = [[i] for i in rng.permutation(len(ids))]
+    else:  # each speaker's utterances in random groups; a speaker's remainder waits
+      chunks = [perm[k: k + group_size] for s in sorted(by_speaker)
+                for perm in [rng.permutation(by_speaker[s])]
+                for k in range(0, len(perm) - group_size + 1, group_size)]
+      chunks = [chunks[j] for j in rng.permutation(len(chunks))]
+    per = batch_size // max(group_size, 1)
+    for s in range(0, len(chunks) - per + 1, per):  # drop the remainder
+      idx = np.concatenate(chunks[s: s + per])
       offs = [int(rng.integers(0, lengths[ids[i]] - crop + 1)) if lengths[ids[i]] > crop
               else 0 for i in idx]
       plan.append((idx, offs))

@@ -81,8 +81,14 @@ class Predictor:
     self.buckets = sorted(meta.get("frame_buckets") or [1000])
     self.min_seconds = min_seconds
     model = student_from_config(types.SimpleNamespace(**{**s, "num_classes": len(self.classes)}))
+    # A speaker_norm model also standardises its pooled representation per speaker:
+    # a first pass over the speaker's files gives the statistics (as in evaluation).
+    self.speaker_norm = model.speaker_norm
     self._params = jax.device_put(params)
-    self._fn = jax.jit(lambda p, x, m: jax.nn.softmax(model.apply({"params": p}, x, m)[0], -1))
+    self._fn = jax.jit(lambda p, x, m, st=None: jax.nn.softmax(
+        model.apply({"params": p}, x, m, pooled_stats=st)[0], -1))
+    self._pooled = jax.jit(lambda p, x, m: model.apply(
+        {"params": p}, x, m, mutable=["intermediates"])[1]["intermediates"]["pooled"][0])
     self._extract = None
 
   def frames_for(self, n: int) -> int:
@@ -101,9 +107,7 @@ class Predictor:
       raise F.BadAudio(f"{path}: openSMILE produced no frames")
     return x
 
-  def predict_features(self, x: np.ndarray, stats=None) -> np.ndarray:
-    """Class probabilities of raw features x; `stats` = (mean, std) of x's speaker
-    for a per-speaker model."""
+  def _inputs(self, x: np.ndarray, stats):
     mean, std = stats if stats is not None else (self.mean, self.std)
     if mean is None:
       raise ValueError("this classifier standardises each speaker with its own "
@@ -113,10 +117,25 @@ class Predictor:
     feats[0, : len(x)] = (x - mean) / std
     mask = np.zeros((1, t), bool)
     mask[0, : len(x)] = True
-    return np.asarray(self._fn(self._params, feats, mask))[0]
+    return feats, mask
 
-  def result(self, path: str, x: np.ndarray, stats=None) -> dict:
-    probs = self.predict_features(x, stats)
+  def pooled(self, x: np.ndarray, stats=None) -> np.ndarray:
+    """The pooled representation of raw features x (the classifier's input)."""
+    return np.asarray(self._pooled(self._params, *self._inputs(x, stats)))[0]
+
+  def predict_features(self, x: np.ndarray, stats=None, pooled_stats=None) -> np.ndarray:
+    """Class probabilities of raw features x; `stats` = (mean, std) of x's speaker
+    for a per-speaker model, `pooled_stats` = (mean, std) of the speaker's pooled
+    representations for a speaker_norm model."""
+    if self.speaker_norm and pooled_stats is None:
+      raise ValueError("this classifier standardises its representation per speaker: "
+                       "score several files of each speaker together (predict_paths)")
+    st = None if pooled_stats is None else tuple(a[None].astype(np.float32)
+                                                 for a in pooled_stats)
+    return np.asarray(self._fn(self._params, *self._inputs(x, stats), st))[0]
+
+  def result(self, path: str, x: np.ndarray, stats=None, pooled_stats=None) -> dict:
+    probs = self.predict_features(x, stats, pooled_stats)
     return {"path": path, "seconds": round(len(x) / 100.0, 2),
             "prediction": self.classes[int(probs.argmax())],
             "probabilities": {c: float(p) for c, p in zip(self.classes, probs)}}
@@ -176,10 +195,23 @@ def predict_paths(checkpoint: str, paths, progress: bool = True, speakers: str =
     if small:
       print(f"note: {len(small)} speaker(s) have fewer than 5 files; their statistics are "
             "noisy (per-speaker model)", file=sys.stderr)
+  pooled_stats = {}
+  if pred.speaker_norm:  # every file's pooled vector, then its speaker's statistics
+    from mced_jax.models.student import speaker_pooled_stats  # pylint: disable=import-outside-toplevel
+    for key, members in groups.items():
+      if len(members) < 2:
+        skipped += [(f, "a speaker_norm classifier needs several files of the speaker "
+                     "(one folder per speaker, or --speakers)") for f in members]
+        continue
+      pooled = np.stack([pred.pooled(feats[f], stats.get(f)) for f in members])
+      mean, std = speaker_pooled_stats(pooled, [key] * len(members))
+      pooled_stats.update({f: (mean[i], std[i]) for i, f in enumerate(members)})
   results = []
   for f, x in feats.items():
+    if pred.speaker_norm and f not in pooled_stats:
+      continue
     try:
-      results.append(pred.result(f, x, stats.get(f)))
+      results.append(pred.result(f, x, stats.get(f), pooled_stats.get(f)))
     except (RuntimeError, ValueError) as e:
       skipped.append((f, str(e)))
   return results, skipped, pred.classes

@@ -102,3 +102,34 @@ def test_per_speaker_classifier_standardises_each_speaker_alone(tmp_path, tiny_c
   pred = predict.Predictor(ckpt)
   with pytest.raises(ValueError, match="each speaker"):
     pred.predict_features(np.zeros((50, 130), np.float32))
+
+
+def test_speaker_norm_classifier_scores_each_speaker_from_its_own_files(tmp_path, tiny_config):
+  """A speaker_norm classifier standardises its pooled representation with the
+  speaker's own files (a first pass): a folder scored alone or beside another
+  speaker gives the same probabilities; a lone file of a speaker is skipped with
+  the reason, and one file on its own is a clear error."""
+  s = tiny_config.student
+  with tiny_config.unlocked():
+    s.speaker_norm, s.pooling = True, "stats"
+  model = student_from_config(s).clone(num_classes=len(CLASSES))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 130)), jnp.ones((1, 16), bool))
+  ckpt = str(tmp_path / "model")
+  export.save(ckpt, params["params"], {
+      "kind": "emotion_classifier", "student": {**export.student_dict(s), "num_classes": 3},
+      "classes": CLASSES, "feature_mean": [0.0] * 130, "feature_std": [1.0] * 130,
+      "frame_buckets": [250, 500]})
+  a = [write_wav(str(tmp_path / "a" / f"{i}.wav"), 1.0 + i / 2, seed=i, f0=110 + 40 * i)
+       for i in range(3)]
+  lone = write_wav(str(tmp_path / "b" / "0.wav"), 1.0, seed=9, f0=240)
+  res, skipped, _ = predict.predict_paths(ckpt, [str(tmp_path / "a"), str(tmp_path / "b")],
+                                          progress=False)
+  assert [p for p, _ in skipped] == [lone] and "several files" in skipped[0][1]
+  probs = {r["path"]: np.array(list(r["probabilities"].values())) for r in res}
+  assert set(probs) == set(a) and all(abs(p.sum() - 1) < 1e-4 for p in probs.values())
+  alone, _, _ = predict.predict_paths(ckpt, [str(tmp_path / "a")], progress=False)
+  for r in alone:
+    np.testing.assert_allclose(list(r["probabilities"].values()), probs[r["path"]], atol=1e-6)
+  pred = predict.Predictor(ckpt)
+  with pytest.raises(ValueError, match="per speaker"):
+    pred.predict_features(np.zeros((50, 130), np.float32))

@@ -10,6 +10,13 @@ sees the shallow levels that distillation's feature-level loss shapes.
 `input_stats=True` (extra rows only) also hands the classifier the mean and std of
 the input LLDs themselves: the classic functionals inside the model, to measure
 what the learned layers add on top of them.
+`speaker_norm=True` (extra rows only) standardises the pooled vector with its
+speaker's statistics before the classifier: the representation-level analogue of
+per-speaker feature standardisation (no labels, no other speaker's data). In
+training the statistics come from each group of `group_size` consecutive batch rows
+(one speaker's utterances); in evaluation the caller passes each row's speaker
+statistics over all of that speaker's utterances (`pooled_stats`, computed from the
+"pooled" intermediate of a first pass, see `speaker_pooled_stats`).
 
 Padding invariance is a design goal: appending padding frames must not change the
 logits or the hidden states of valid frames. That is why
@@ -132,6 +139,28 @@ def pool_frames(x: jax.Array, mask: jax.Array, how: str) -> jax.Array:
   raise ValueError(f"student.pooling must be 'max', 'stats' or 'mstats', got {how!r}")
 
 
+def group_stats(pooled: jax.Array, group_size: int):
+  """Mean and std of each block of `group_size` consecutive rows, repeated per row."""
+  b, d = pooled.shape
+  if b % group_size:
+    raise ValueError(f"batch of {b} rows is not a whole number of speaker groups of "
+                     f"{group_size}")
+  g = pooled.astype(jnp.float32).reshape(b // group_size, group_size, d)
+  mean, std = g.mean(axis=1, keepdims=True), g.std(axis=1, keepdims=True)
+  rep = lambda a: jnp.broadcast_to(a, g.shape).reshape(b, d)
+  return rep(mean), rep(std)
+
+
+def speaker_pooled_stats(pooled: np.ndarray, speakers) -> tuple[np.ndarray, np.ndarray]:
+  """Per row, the mean and std of the pooled vectors of all rows of its speaker."""
+  speakers = np.asarray(speakers)
+  mean, std = np.empty_like(pooled), np.empty_like(pooled)
+  for s in np.unique(speakers):
+    k = speakers == s
+    mean[k], std[k] = pooled[k].mean(0), pooled[k].std(0)
+  return mean, std
+
+
 class Student(nn.Module):
   """Conv1D + Transformer speech emotion model.
 
@@ -152,11 +181,13 @@ class Student(nn.Module):
   classifier_hidden: int = 256
   pooling: str = "max"  # paper: max over frames; "stats"/"mstats": mean and std
   input_stats: bool = False  # also pool the input features' mean and std
+  speaker_norm: bool = False  # standardise the pooled vector per speaker (see above)
   max_frames: int = 4096
   dtype: Dtype = jnp.float32  # compute dtype (the precision policy's module dtype)
 
   @nn.compact
-  def __call__(self, features: jax.Array, frame_mask: jax.Array, *, train: bool = False):
+  def __call__(self, features: jax.Array, frame_mask: jax.Array, *, train: bool = False,
+               group_size: int = 0, pooled_stats=None):
     deterministic = not train
     frame_mask = frame_mask.astype(bool)
     x, mask = ConvBlock(self.conv_channels, self.conv_kernels, self.conv_strides,
@@ -183,6 +214,11 @@ class Student(nn.Module):
       pooled = jnp.concatenate(
           [pooled, pool_frames(features.astype(pooled.dtype), frame_mask, "stats")], axis=-1)
     self.sow("intermediates", "pooled", pooled)  # the classifier's input (mced_jax.probe)
+    if self.speaker_norm and (group_size or pooled_stats is not None):
+      # Without statistics (init, the first evaluation pass, distillation) the
+      # classifier sees the raw pooled vector; its output is then not a prediction.
+      mean, std = pooled_stats if pooled_stats is not None else group_stats(pooled, group_size)
+      pooled = ((pooled.astype(jnp.float32) - mean) / (std + 1e-3)).astype(pooled.dtype)
     h = nn.Dense(self.classifier_hidden, dtype=self.dtype, name="fc_1")(pooled)
     h = nn.relu(h)
     h = Dropout(self.dropout)(h, deterministic=deterministic)
@@ -205,5 +241,6 @@ def student_from_config(cfg, dtype=jnp.float32, **overrides) -> Student:
       classifier_hidden=cfg.classifier_hidden,
       pooling=getattr(cfg, "pooling", "max"),  # exports from before the option: max
       input_stats=bool(getattr(cfg, "input_stats", False)),
+      speaker_norm=bool(getattr(cfg, "speaker_norm", False)),
       dtype=dtype,
   ).clone(**overrides)

@@ -64,10 +64,16 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
   norm = feats.pop("__norm__", None)
   cw = jnp.asarray(labelled.class_weights([corpus.labels[u] for u in train_ids], nc,
                                           f.class_weighting))
-  spe = len(train_ids) // f.batch_size
+  # A per-speaker-normalising student trains on batches of one-speaker groups.
+  group = f.speaker_group if student.speaker_norm else 0
+  speaker = {r["utt_id"]: r["speaker"] for r in corpus.records}
+  plan = labelled.train_plan({u: len(x) for u, x in feats.items()}, train_ids, f.batch_size,
+                             f.crop_frames, f.epochs, seed, speaker, group)
+  spe = len(plan) // f.epochs  # every epoch has the same number of whole batches
   if spe == 0:
-    raise ValueError(f"fold {fold.name}: {len(train_ids)} training utterances < batch size "
-                     f"{f.batch_size}")
+    raise ValueError(f"fold {fold.name}: {len(train_ids)} training utterances make no whole "
+                     f"batch of {f.batch_size}"
+                     + (f" in speaker groups of {group}" if group else ""))
   tx, schedule = kit.make_optimizer(
       learning_rate=f.learning_rate, total_steps=spe * f.epochs,
       warmup_steps=int(f.warmup_epochs * spe), b2=f.b2, weight_decay=f.weight_decay)
@@ -78,15 +84,13 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
 
   def loss_fn(p, batch, rng):
     logits, _, _ = student.apply({"params": p}, batch["features"], batch["frame_mask"],
-                                 train=True, rngs={"dropout": rng})
+                                 train=True, rngs={"dropout": rng}, group_size=group)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     w = cw[batch["label"]] * batch["example_mask"]
     loss = (ce * w).sum() / jnp.maximum(w.sum(), 1e-9)
     return loss, {"loss": loss}
 
   buckets = labelled.frame_buckets(config)
-  plan = labelled.train_plan({u: len(x) for u, x in feats.items()}, train_ids, f.batch_size,
-                    f.crop_frames, f.epochs, seed)
 
   aug = f.augment
 
@@ -102,19 +106,37 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
       yield shd.global_batch({"features": x[rows], "frame_mask": m[rows], "label": y[rows],
                               "example_mask": np.ones(len(rows), bool)}, rows, mesh)
 
-  predict = kit.eval_fn(lambda p, x, m: jax.nn.softmax(
-      student.apply({"params": p}, x, m)[0], -1), mesh, policy)
+  predict = kit.eval_fn(lambda p, x, m, st=None: jax.nn.softmax(
+      student.apply({"params": p}, x, m, pooled_stats=st)[0], -1), mesh, policy)
+  pooled_fn = kit.eval_fn(lambda p, x, m: student.apply(
+      {"params": p}, x, m, mutable=["intermediates"])[1]["intermediates"]["pooled"][0],
+      mesh, policy)
 
-  def scores(params, ids):
-    order = sorted(ids, key=lambda u: len(feats[u]))
-    probs = []
+  def batched(fn, params, order, stats=None):
+    """fn over `order` in eval batches (frame buckets); its rows in order. `stats`:
+    per-row (mean, std) speaker statistics, passed on as fn's fourth argument."""
+    out = []
     for s in range(0, len(order), f.eval_batch_size):
       chunk = order[s: s + f.eval_batch_size]
       frames = buckets_lib.bucket_for(len(feats[chunk[-1]]), buckets)
       x, m = buckets_lib.pad_frame_rows([feats[u] for u in chunk], frames, f.eval_batch_size)
-      g = shd.global_batch({"x": x[eval_rows], "m": m[eval_rows]}, eval_rows, mesh)
-      probs.append(np.asarray(predict(params, g["x"], g["m"]))[: len(chunk)])
-    probs = np.concatenate(probs)
+      b = {"x": x, "m": m}
+      if stats is not None:  # padding rows get (0, 1)
+        for k, a, fill in (("mean", stats[0], 0.0), ("std", stats[1], 1.0)):
+          b[k] = np.full((f.eval_batch_size,) + a.shape[1:], fill, np.float32)
+          b[k][: len(chunk)] = a[s: s + len(chunk)]
+      g = shd.global_batch({k: v[eval_rows] for k, v in b.items()}, eval_rows, mesh)
+      args = (g["x"], g["m"]) + (((g["mean"], g["std"]),) if stats is not None else ())
+      out.append(np.asarray(fn(params, *args))[: len(chunk)])
+    return np.concatenate(out)
+
+  def scores(params, ids):
+    order = sorted(ids, key=lambda u: len(feats[u]))
+    stats = None
+    if student.speaker_norm:  # pass 1: every utterance's pooled vector -> its speaker's
+      stats = student_lib.speaker_pooled_stats(  # statistics over all of its utterances
+          batched(pooled_fn, params, order).astype(np.float32), [speaker[u] for u in order])
+    probs = batched(predict, params, order, stats)
     y = np.array([corpus.labels[u] for u in order])
     return metrics_lib.classification_report(y, probs.argmax(-1), nc), order, probs
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mced_jax import precision
-from mced_jax.models.student import Student, conv_output_mask, pool_frames
+from mced_jax.models.student import (Student, conv_output_mask, pool_frames,
+                                     speaker_pooled_stats)
 
 
 def tiny_student(**kw):
@@ -125,3 +126,31 @@ def test_bf16_compute_keeps_fp32_params():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   logits, hidden, _ = m.apply({"params": params}, x, mask)
   assert hidden[-1].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+
+
+def test_speaker_norm_groups_match_given_stats_and_stay_within_the_speaker():
+  """Per-speaker standardisation of the pooled vector: in-batch groups and
+  precomputed per-speaker statistics agree, and a group's predictions do not depend
+  on any other speaker's utterances (no other speaker's data, no labels)."""
+  m = tiny_student(pooling="stats", speaker_norm=True)
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(8, 24, 130)).astype(np.float32)
+  mask = np.arange(24)[None] < rng.integers(12, 25, size=(8, 1))
+  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  grouped = np.asarray(m.apply({"params": params}, x, mask, group_size=4)[0])
+  _, state = m.apply({"params": params}, x, mask, mutable=["intermediates"])
+  pooled = np.asarray(state["intermediates"]["pooled"][0])
+  stats = speaker_pooled_stats(pooled, ["a"] * 4 + ["b"] * 4)
+  given = np.asarray(m.apply({"params": params}, x, mask, pooled_stats=stats)[0])
+  np.testing.assert_allclose(grouped, given, rtol=1e-4, atol=1e-4)
+  # the statistics move the logits (the option is not a no-op) ...
+  raw = np.asarray(m.apply({"params": params}, x, mask)[0])
+  assert np.abs(raw - grouped).max() > 1e-3
+  # ... and speaker b's utterances never reach speaker a's predictions
+  x2 = x.copy()
+  x2[4:] = rng.normal(size=(4, 24, 130))
+  other = np.asarray(m.apply({"params": params}, x2, mask, group_size=4)[0])
+  np.testing.assert_allclose(other[:4], grouped[:4], rtol=1e-5, atol=1e-5)
+  assert np.abs(other[4:] - grouped[4:]).max() > 1e-3
+  with pytest.raises(ValueError, match="speaker groups"):
+    m.apply({"params": params}, x, mask, group_size=3)

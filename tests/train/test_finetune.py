@@ -259,3 +259,41 @@ def test_speaker_norm_augment_and_early_stopping_run(ft_config, tmp_path, monkey
   assert [h["epoch"] for h in r["history"]] == [1, 2] and r["best_epoch"] == 1
   _, meta = export.load(str(tmp_path / "exp"))
   assert meta["normalize"] == "speaker" and meta["feature_mean"] is None
+
+
+def test_grouped_train_plan_keeps_one_speaker_per_group():
+  ids = [f"s{s}_u{i}" for s in range(4) for i in range(9)]
+  speakers = {u: u.split("_")[0] for u in ids}
+  plan = labelled.train_plan({u: 50 for u in ids}, ids, 8, 40, 2, 0, speakers, 4)
+  assert len(plan) == 2 * 4  # per epoch 4 speakers x 2 groups of 4 = 4 batches of 2 groups
+  for idx, offs in plan:
+    assert len(set(idx.tolist())) == 8 and all(0 <= o <= 10 for o in offs)
+    for g in (idx[:4], idx[4:]):
+      assert len({speakers[ids[i]] for i in g}) == 1
+  with pytest.raises(ValueError, match="multiple"):
+    labelled.train_plan({u: 50 for u in ids}, ids, 6, 40, 1, 0, speakers, 4)
+  # Without groups: every batch distinct utterances, an epoch never repeats one.
+  flat = labelled.train_plan({u: 50 for u in ids}, ids, 8, 40, 1, 0)
+  seen = np.concatenate([idx for idx, _ in flat])
+  assert len(flat) == 4 and len(set(seen.tolist())) == 32
+
+
+def test_speaker_norm_run_learns_and_exports_the_option(ft_config, tmp_path):
+  """Fine-tuning a speaker_norm student: training batches are one-speaker groups,
+  evaluation standardises every pooled vector with its speaker's statistics, and
+  the export says so (predict needs it)."""
+  c = ft_config
+  with c.unlocked():
+    c.student.pooling, c.student.speaker_norm = "stats", True
+    # 12 utterances per speaker: one group of 8 each, 4 wait (fewer batches per epoch)
+    c.finetune.speaker_group, c.finetune.epochs = 8, 6
+  corpus = labelled.load_corpus(c.finetune.data_path)
+  fold = ft.protocols.make_folds(corpus.records, "speaker_kfold", 3)[0]
+  mesh = ft.shd.make_mesh(1, 1, devices=jax.devices()[:1])
+  r = ft.train_run(c, corpus, fold, 0, None, 1.0, mesh, str(tmp_path / "run"),
+                   export_dir=str(tmp_path / "exp"),
+                   export_meta={"student": export.student_dict(c.student)})
+  probs = np.array(r["test_probs"])
+  assert np.allclose(probs.sum(1), 1, atol=1e-3) and r["test"]["UAR"] > 0.5  # chance 1/3
+  _, meta = export.load(str(tmp_path / "exp"))
+  assert meta["student"]["speaker_norm"] is True
