@@ -43,7 +43,7 @@ def standardized(corpus: Corpus, fold: protocols.Fold, train_ids, mode: str) -> 
   ids = list(train_ids) + fold.validation + fold.test
   groups = {None: ids} if mode == "fold" else {}
   if mode == "speaker":
-    speaker = {r["utt_id"]: r["speaker"] for r in corpus.records}
+    speaker = speakers(corpus)
     for u in ids:
       groups.setdefault(speaker[u], []).append(u)
   elif mode != "fold":
@@ -57,6 +57,11 @@ def standardized(corpus: Corpus, fold: protocols.Fold, train_ids, mode: str) -> 
     if key is None:
       out["__norm__"] = (mean, std)
   return out
+
+
+def speakers(corpus: Corpus) -> dict:
+  """utt_id -> speaker."""
+  return {r["utt_id"]: r["speaker"] for r in corpus.records}
 
 
 def frame_buckets(config) -> tuple:

@@ -85,8 +85,9 @@ class Predictor:
     # a first pass over the speaker's files gives the statistics (as in evaluation).
     self.speaker_norm = model.speaker_norm
     self._params = jax.device_put(params)
-    self._fn = jax.jit(lambda p, x, m, st=None: jax.nn.softmax(
-        model.apply({"params": p}, x, m, pooled_stats=st)[0], -1))
+    self._fn = jax.jit(lambda p, x, m: jax.nn.softmax(model.apply({"params": p}, x, m)[0], -1))
+    self._head = jax.jit(lambda p, z, st: jax.nn.softmax(  # the classifier alone
+        model.apply({"params": p}, None, None, pooled=z, pooled_stats=st)[0], -1))
     self._pooled = jax.jit(lambda p, x, m: model.apply(
         {"params": p}, x, m, mutable=["intermediates"])[1]["intermediates"]["pooled"][0])
     self._extract = None
@@ -123,19 +124,21 @@ class Predictor:
     """The pooled representation of raw features x (the classifier's input)."""
     return np.asarray(self._pooled(self._params, *self._inputs(x, stats)))[0]
 
-  def predict_features(self, x: np.ndarray, stats=None, pooled_stats=None) -> np.ndarray:
+  def predict_features(self, x: np.ndarray, stats=None) -> np.ndarray:
     """Class probabilities of raw features x; `stats` = (mean, std) of x's speaker
-    for a per-speaker model, `pooled_stats` = (mean, std) of the speaker's pooled
-    representations for a speaker_norm model."""
-    if self.speaker_norm and pooled_stats is None:
+    for a per-speaker model."""
+    if self.speaker_norm:
       raise ValueError("this classifier standardises its representation per speaker: "
                        "score several files of each speaker together (predict_paths)")
-    st = None if pooled_stats is None else tuple(a[None].astype(np.float32)
-                                                 for a in pooled_stats)
-    return np.asarray(self._fn(self._params, *self._inputs(x, stats), st))[0]
+    return np.asarray(self._fn(self._params, *self._inputs(x, stats)))[0]
 
-  def result(self, path: str, x: np.ndarray, stats=None, pooled_stats=None) -> dict:
-    probs = self.predict_features(x, stats, pooled_stats)
+  def predict_pooled(self, pooled: np.ndarray, pooled_stats) -> np.ndarray:
+    """A speaker_norm classifier's probabilities from pooled vectors [N, P] and
+    their speaker's (mean, std) per row."""
+    return np.asarray(self._head(self._params, pooled, pooled_stats))
+
+  def result(self, path: str, x: np.ndarray, stats=None, probs=None) -> dict:
+    probs = self.predict_features(x, stats) if probs is None else probs
     return {"path": path, "seconds": round(len(x) / 100.0, 2),
             "prediction": self.classes[int(probs.argmax())],
             "probabilities": {c: float(p) for c, p in zip(self.classes, probs)}}
@@ -195,7 +198,7 @@ def predict_paths(checkpoint: str, paths, progress: bool = True, speakers: str =
     if small:
       print(f"note: {len(small)} speaker(s) have fewer than 5 files; their statistics are "
             "noisy (per-speaker model)", file=sys.stderr)
-  pooled_stats = {}
+  probs = {}
   if pred.speaker_norm:  # every file's pooled vector, then its speaker's statistics
     from mced_jax.models.student import speaker_pooled_stats  # pylint: disable=import-outside-toplevel
     for key, members in groups.items():
@@ -204,14 +207,14 @@ def predict_paths(checkpoint: str, paths, progress: bool = True, speakers: str =
                      "(one folder per speaker, or --speakers)") for f in members]
         continue
       pooled = np.stack([pred.pooled(feats[f], stats.get(f)) for f in members])
-      mean, std = speaker_pooled_stats(pooled, [key] * len(members))
-      pooled_stats.update({f: (mean[i], std[i]) for i, f in enumerate(members)})
+      st = speaker_pooled_stats(pooled, [key] * len(members))
+      probs.update(zip(members, pred.predict_pooled(pooled, st)))
   results = []
   for f, x in feats.items():
-    if pred.speaker_norm and f not in pooled_stats:
+    if pred.speaker_norm and f not in probs:
       continue
     try:
-      results.append(pred.result(f, x, stats.get(f), pooled_stats.get(f)))
+      results.append(pred.result(f, x, stats.get(f), probs.get(f)))
     except (RuntimeError, ValueError) as e:
       skipped.append((f, str(e)))
   return results, skipped, pred.classes

@@ -16,7 +16,8 @@ per-speaker feature standardisation (no labels, no other speaker's data). In
 training the statistics come from each group of `group_size` consecutive batch rows
 (one speaker's utterances); in evaluation the caller passes each row's speaker
 statistics over all of that speaker's utterances (`pooled_stats`, computed from the
-"pooled" intermediate of a first pass, see `speaker_pooled_stats`).
+"pooled" intermediate of a first pass, see `speaker_pooled_stats`), together with
+that pass's pooled vectors (`pooled`), so the second pass runs only the classifier.
 
 Padding invariance is a design goal: appending padding frames must not change the
 logits or the hidden states of valid frames. That is why
@@ -187,33 +188,35 @@ class Student(nn.Module):
 
   @nn.compact
   def __call__(self, features: jax.Array, frame_mask: jax.Array, *, train: bool = False,
-               group_size: int = 0, pooled_stats=None):
+               group_size: int = 0, pooled_stats=None, pooled=None):
     deterministic = not train
-    frame_mask = frame_mask.astype(bool)
-    x, mask = ConvBlock(self.conv_channels, self.conv_kernels, self.conv_strides,
-                        dtype=self.dtype, name="conv_block")(features, frame_mask)
-    x = nn.Dense(self.d_model, dtype=self.dtype, name="proj")(x)
-    levels = [x]  # "mstats": before the positions, which would shift every utterance alike
-    t = x.shape[1]
-    if t > self.max_frames:
-      raise ValueError(f"{t} frames after downsampling exceed max_frames={self.max_frames}")
-    x = x + jnp.asarray(sinusoidal_positions(t, self.d_model), self.dtype)[None]
-    x = Dropout(self.dropout)(x, deterministic=deterministic)
-    hidden = [x]
-    for i in range(self.num_layers):
-      x = EncoderLayer(self.d_model, self.num_heads, self.mlp_dim, self.dropout,
-                       dtype=self.dtype, name=f"layer_{i + 1}")(x, mask, deterministic)
-      hidden.append(x)
-    x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
-    if self.pooling == "mstats":
-      levels += hidden[1:-1] + [x]
-      pooled = jnp.concatenate([pool_frames(h, mask, "stats") for h in levels], axis=-1)
-    else:
-      pooled = pool_frames(x, mask, self.pooling)
-    if self.input_stats:
-      pooled = jnp.concatenate(
-          [pooled, pool_frames(features.astype(pooled.dtype), frame_mask, "stats")], axis=-1)
-    self.sow("intermediates", "pooled", pooled)  # the classifier's input (mced_jax.probe)
+    hidden, mask = [], None
+    if pooled is None:  # else: the pooled vector of an earlier pass, only the head runs
+      frame_mask = frame_mask.astype(bool)
+      x, mask = ConvBlock(self.conv_channels, self.conv_kernels, self.conv_strides,
+                          dtype=self.dtype, name="conv_block")(features, frame_mask)
+      x = nn.Dense(self.d_model, dtype=self.dtype, name="proj")(x)
+      levels = [x]  # "mstats": before the positions, which would shift every utterance alike
+      t = x.shape[1]
+      if t > self.max_frames:
+        raise ValueError(f"{t} frames after downsampling exceed max_frames={self.max_frames}")
+      x = x + jnp.asarray(sinusoidal_positions(t, self.d_model), self.dtype)[None]
+      x = Dropout(self.dropout)(x, deterministic=deterministic)
+      hidden = [x]
+      for i in range(self.num_layers):
+        x = EncoderLayer(self.d_model, self.num_heads, self.mlp_dim, self.dropout,
+                         dtype=self.dtype, name=f"layer_{i + 1}")(x, mask, deterministic)
+        hidden.append(x)
+      x = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+      if self.pooling == "mstats":
+        levels += hidden[1:-1] + [x]
+        pooled = jnp.concatenate([pool_frames(h, mask, "stats") for h in levels], axis=-1)
+      else:
+        pooled = pool_frames(x, mask, self.pooling)
+      if self.input_stats:
+        pooled = jnp.concatenate(
+            [pooled, pool_frames(features.astype(pooled.dtype), frame_mask, "stats")], axis=-1)
+      self.sow("intermediates", "pooled", pooled)  # the classifier's input (mced_jax.probe)
     if self.speaker_norm and (group_size or pooled_stats is not None):
       # Without statistics (init, the first evaluation pass, distillation) the
       # classifier sees the raw pooled vector; its output is then not a prediction.

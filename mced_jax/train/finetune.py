@@ -66,7 +66,7 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
                                           f.class_weighting))
   # A per-speaker-normalising student trains on batches of one-speaker groups.
   group = f.speaker_group if student.speaker_norm else 0
-  speaker = {r["utt_id"]: r["speaker"] for r in corpus.records}
+  speaker = labelled.speakers(corpus)
   plan = labelled.train_plan({u: len(x) for u, x in feats.items()}, train_ids, f.batch_size,
                              f.crop_frames, f.epochs, seed, speaker, group)
   spe = len(plan) // f.epochs  # every epoch has the same number of whole batches
@@ -106,37 +106,33 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
       yield shd.global_batch({"features": x[rows], "frame_mask": m[rows], "label": y[rows],
                               "example_mask": np.ones(len(rows), bool)}, rows, mesh)
 
-  predict = kit.eval_fn(lambda p, x, m, st=None: jax.nn.softmax(
-      student.apply({"params": p}, x, m, pooled_stats=st)[0], -1), mesh, policy)
+  predict = kit.eval_fn(lambda p, x, m: jax.nn.softmax(
+      student.apply({"params": p}, x, m)[0], -1), mesh, policy)
   pooled_fn = kit.eval_fn(lambda p, x, m: student.apply(
       {"params": p}, x, m, mutable=["intermediates"])[1]["intermediates"]["pooled"][0],
       mesh, policy)
+  head_fn = kit.eval_fn(lambda p, z, st: jax.nn.softmax(  # the classifier alone
+      student.apply({"params": p}, None, None, pooled=z, pooled_stats=st)[0], -1), mesh, policy)
 
-  def batched(fn, params, order, stats=None):
-    """fn over `order` in eval batches (frame buckets); its rows in order. `stats`:
-    per-row (mean, std) speaker statistics, passed on as fn's fourth argument."""
+  def batched(fn, params, order):
+    """fn(params, x, m) over `order` in eval batches (frame buckets); rows in order."""
     out = []
     for s in range(0, len(order), f.eval_batch_size):
       chunk = order[s: s + f.eval_batch_size]
       frames = buckets_lib.bucket_for(len(feats[chunk[-1]]), buckets)
       x, m = buckets_lib.pad_frame_rows([feats[u] for u in chunk], frames, f.eval_batch_size)
-      b = {"x": x, "m": m}
-      if stats is not None:  # padding rows get (0, 1)
-        for k, a, fill in (("mean", stats[0], 0.0), ("std", stats[1], 1.0)):
-          b[k] = np.full((f.eval_batch_size,) + a.shape[1:], fill, np.float32)
-          b[k][: len(chunk)] = a[s: s + len(chunk)]
-      g = shd.global_batch({k: v[eval_rows] for k, v in b.items()}, eval_rows, mesh)
-      args = (g["x"], g["m"]) + (((g["mean"], g["std"]),) if stats is not None else ())
-      out.append(np.asarray(fn(params, *args))[: len(chunk)])
+      g = shd.global_batch({"x": x[eval_rows], "m": m[eval_rows]}, eval_rows, mesh)
+      out.append(np.asarray(fn(params, g["x"], g["m"]))[: len(chunk)])
     return np.concatenate(out)
 
   def scores(params, ids):
     order = sorted(ids, key=lambda u: len(feats[u]))
-    stats = None
-    if student.speaker_norm:  # pass 1: every utterance's pooled vector -> its speaker's
-      stats = student_lib.speaker_pooled_stats(  # statistics over all of its utterances
-          batched(pooled_fn, params, order).astype(np.float32), [speaker[u] for u in order])
-    probs = batched(predict, params, order, stats)
+    if student.speaker_norm:  # the encoder once; each speaker's statistics over all of
+      pooled = batched(pooled_fn, params, order).astype(np.float32)  # its utterances
+      st = student_lib.speaker_pooled_stats(pooled, [speaker[u] for u in order])
+      probs = np.asarray(head_fn(params, pooled, st))
+    else:
+      probs = batched(predict, params, order)
     y = np.array([corpus.labels[u] for u in order])
     return metrics_lib.classification_report(y, probs.argmax(-1), nc), order, probs
 
