@@ -83,6 +83,27 @@ def test_soft_align_and_mse_match_numpy():
   assert abs(float(mse) - np_mse(ht.astype(np.float64), want, tmask)) <= 1e-5
 
 
+def test_soft_align_parameters_are_dense_kernels():
+  """W_k and W_v are taken as bare kernels (for matmul.dense_gelu) but keep nn.Dense's
+  paths, shapes and initial values, so checkpoints and seeds carry over."""
+  import flax.linen as nn
+
+  class DenseKV(nn.Module):  # how the block declared them before
+    @nn.compact
+    def __call__(self, hs):
+      return [nn.Dense(8, use_bias=False, name=n)(hs) for n in ("W_k", "W_v")]
+
+  rng = np.random.default_rng(4)
+  ht = rng.normal(size=(2, 5, 8)).astype(np.float32)
+  hs = rng.normal(size=(2, 9, 6)).astype(np.float32)
+  smask = np.ones((2, 9), bool)
+  params = SoftAlign(8).init(jax.random.PRNGKey(7), ht, hs, smask)["params"]
+  dense = DenseKV().init(jax.random.PRNGKey(7), hs)["params"]
+  for n in ("W_k", "W_v"):
+    assert set(params[n]) == {"kernel"}
+    np.testing.assert_array_equal(params[n]["kernel"], dense[n]["kernel"])
+
+
 def test_soft_align_ignores_padded_student_frames():
   rng = np.random.default_rng(3)
   ht = rng.normal(size=(2, 5, 8)).astype(np.float32)

@@ -21,12 +21,13 @@ dense layer and convolution are rounded to bf16, multiplied with fp32 accumulati
 Numerically the products are what GPUs and TPUs compute for bf16 (bf16 operands,
 fp32 accumulation); activations are kept at higher precision than bf16.
 
-The models never choose: they call `attention`/`einsum` here and use plain flax
-Dense/DenseGeneral/Conv layers. `cpu_bf16_scope()` (entered by the precision
+The models never choose: they call `attention`/`einsum`/`dense_gelu` here and use
+plain flax Dense/DenseGeneral/Conv layers. `cpu_bf16_scope()` (entered by the precision
 policy around a step, `mced_jax/precision.py`) switches all of them at once: a
 flax method interceptor routes every Dense, DenseGeneral and 1-D Conv applied
 inside it -- the student's, the soft-align blocks' and transformers' FlaxBert
-teacher's -- to the kernels below, and `attention`/`einsum` see the scope too.
+teacher's -- to the kernels below, and `attention`/`einsum`/`dense_gelu` see the
+scope too.
 Outside the scope everything runs on XLA's own dots and convolutions.
 """
 
@@ -41,6 +42,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from mced_jax.models import activations
 
 IM2COL_MAX_CHANNELS = 256  # below this, a conv is one matmul over stacked taps
 
@@ -86,6 +89,48 @@ _bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [..., K] @ w [K, N] with bf16 operands and fp32 accumulation, in x's dtype."""
   return _bf16_einsum("...k,kn->...n", x, w).astype(x.dtype)
+
+
+_INV_SQRT2, _INV_SQRT_2PI = 1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@jax.custom_vjp
+def _dense_gelu(x: jax.Array, w: jax.Array) -> jax.Array:
+  return _dense_gelu_fwd(x, w)[0]
+
+
+def _dense_gelu_fwd(x, w):
+  z = jnp.einsum("...k,kn->...n", x, w)
+  erf = lax.erf(z * _INV_SQRT2)
+  slope = 0.5 * (1.0 + erf) + z * jnp.exp(-0.5 * z * z) * _INV_SQRT_2PI  # gelu'(z)
+  return 0.5 * z * (1.0 + erf), (x, w, slope)  # activations.gelu, term for term
+
+
+def _dense_gelu_bwd(res, g):
+  x, w, slope = res
+  gz = g * slope  # formed once, in the [..., N] layout
+  dx = jnp.einsum("...n,kn->...k", gz, w)
+  dw = jnp.einsum("mk,mn->kn", x.reshape(-1, x.shape[-1]), gz.reshape(-1, gz.shape[-1]))
+  return dx, dw
+
+
+_dense_gelu.defvjp(_dense_gelu_fwd, _dense_gelu_bwd)
+
+
+def dense_gelu(x: jax.Array, w: jax.Array) -> jax.Array:
+  """gelu(x @ w): a bias-free dense layer and the exact GELU (the soft-align keys
+  and values), in the operands' dtype.
+
+  Outside the cpu_bf16 scope its gradient keeps gelu'(z) from the forward pass and
+  forms g * gelu'(z) once. Autodiff of the two ops kept erf and exp parts and
+  rebuilt that product twice in the backward pass, once per layout (as is for dx,
+  transposed for dW); on XLA:CPU the transposed rebuild was the largest layout
+  copy of the fp32 distillation step (8 a step, ~14 ms each). Inside the scope:
+  `matmul`, then gelu (the bf16 recipe's kernels).
+  """
+  if active():
+    return activations.gelu(matmul(x, w))
+  return _dense_gelu(x, w)
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:

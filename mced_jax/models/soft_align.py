@@ -18,9 +18,19 @@ import jax
 import jax.numpy as jnp
 
 from mced_jax.models import matmul as matmul_lib
-from mced_jax.models.activations import gelu
 
 Dtype = Any
+
+
+class _Kernel(nn.Module):
+  """A bias-free nn.Dense's kernel alone: same parameter path (`W_k/kernel`), init
+  and values, so `matmul.dense_gelu` can take it (checkpoints are unchanged)."""
+
+  shape: tuple[int, int]
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return self.param("kernel", nn.initializers.lecun_normal(), self.shape, jnp.float32)
 
 
 class SoftAlign(nn.Module):
@@ -31,8 +41,10 @@ class SoftAlign(nn.Module):
   def __call__(self, h_teacher: jax.Array, h_student: jax.Array, student_mask: jax.Array):
     d_t = self.teacher_dim
     q = nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_q")(h_teacher)
-    k = gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_k")(h_student))
-    v = gelu(nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_v")(h_student))
+    h_s = h_student.astype(self.dtype)
+    shape = (h_s.shape[-1], d_t)
+    k = matmul_lib.dense_gelu(h_s, _Kernel(shape, name="W_k")().astype(self.dtype))
+    v = matmul_lib.dense_gelu(h_s, _Kernel(shape, name="W_v")().astype(self.dtype))
     # Scores and softmax in fp32: the softmax over hundreds of frames is the one place
     # where bf16 rounding visibly changes the alignment.
     scores = matmul_lib.einsum("btd,bsd->bts", q, k)

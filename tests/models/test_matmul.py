@@ -128,3 +128,29 @@ def test_scope_intercepts_dense_and_ends():
   close(y_fast, y)
   assert not np.array_equal(np.asarray(y_fast), np.asarray(y))  # really rerouted
   np.testing.assert_array_equal(np.asarray(d.apply(p, x)), np.asarray(y))  # scope over
+
+
+def test_dense_gelu_matches_autodiff_in_fp32():
+  """The custom gradient (gelu' kept from the forward pass) equals autodiff of
+  gelu(x @ w) to fp32 rounding, forward and both gradients, batch axes included."""
+  from mced_jax.models.activations import gelu
+  x, w, g = rand(3, 5, 16), rand(16, 24), rand(3, 5, 24)
+  ref = lambda x, w: jnp.sum(gelu(jnp.einsum("btk,kn->btn", x, w)) * g)
+  got = lambda x, w: jnp.sum(M.dense_gelu(x, w) * g)
+  np.testing.assert_allclose(M.dense_gelu(x, w), gelu(x @ w), rtol=0, atol=1e-6)
+  for a, b in zip(grads(got, x, w), grads(ref, x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_gelu_in_scope_uses_bf16_operands():
+  from mced_jax.models.activations import gelu
+  x, w = rand(4, 32), rand(32, 8)
+  with M.cpu_bf16_scope():
+    got = jax.jit(M.dense_gelu)(x, w)
+    dx, dw = grads(lambda x, w: jnp.sum(M.dense_gelu(x, w) ** 2), x, w)
+  rx, rw = grads(lambda x, w: jnp.sum(gelu(x @ w) ** 2), x, w)
+  close(got, gelu(x @ w))
+  close(dx, rx)
+  close(dw, rw)
+  # bf16 operands: not the fp32 product to the last bit
+  assert not np.array_equal(np.asarray(got), np.asarray(gelu(x @ w)))
