@@ -18,6 +18,7 @@ skipped; the exit status is 1 only when no file could be scored.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import sys
@@ -62,7 +63,7 @@ class Predictor:
   def __init__(self, checkpoint: str, min_seconds: float = 0.25):
     import jax  # pylint: disable=import-outside-toplevel
     from mced_jax import export  # pylint: disable=import-outside-toplevel
-    from mced_jax.models.student import student_from_config  # pylint: disable=import-outside-toplevel
+    from mced_jax.models import student as student_lib  # pylint: disable=import-outside-toplevel
     self.dir = resolve_checkpoint(checkpoint)
     params, meta = export.load(self.dir)
     if meta.get("kind") != "emotion_classifier":
@@ -80,16 +81,15 @@ class Predictor:
       self.std = np.asarray(meta["feature_std"], np.float32)
     self.buckets = sorted(meta.get("frame_buckets") or [1000])
     self.min_seconds = min_seconds
-    model = student_from_config(types.SimpleNamespace(**{**s, "num_classes": len(self.classes)}))
+    model = student_lib.student_from_config(
+        types.SimpleNamespace(**{**s, "num_classes": len(self.classes)}))
     # A speaker_norm model also standardises its pooled representation per speaker:
     # a first pass over the speaker's files gives the statistics (as in evaluation).
     self.speaker_norm = model.speaker_norm
     self._params = jax.device_put(params)
     self._fn = jax.jit(lambda p, x, m: jax.nn.softmax(model.apply({"params": p}, x, m)[0], -1))
-    self._head = jax.jit(lambda p, z, st: jax.nn.softmax(  # the classifier alone
-        model.apply({"params": p}, None, None, pooled=z, pooled_stats=st)[0], -1))
-    self._pooled = jax.jit(lambda p, x, m: model.apply(
-        {"params": p}, x, m, mutable=["intermediates"])[1]["intermediates"]["pooled"][0])
+    self._head = jax.jit(functools.partial(student_lib.head_probs, model))
+    self._pooled = jax.jit(functools.partial(student_lib.pooled_vector, model))
     self._extract = None
 
   def frames_for(self, n: int) -> int:

@@ -229,6 +229,21 @@ class Student(nn.Module):
     return logits.astype(jnp.float32), hidden, mask
 
 
+def pooled_vector(model: Student, params, x: jax.Array, m: jax.Array) -> jax.Array:
+  """The classifier's input (the "pooled" intermediate) of x: a speaker_norm
+  evaluation's first pass."""
+  _, state = model.apply({"params": params}, x, m, mutable=["intermediates"])
+  return state["intermediates"]["pooled"][0]
+
+
+def head_probs(model: Student, params, pooled: jax.Array, pooled_stats) -> jax.Array:
+  """Class probabilities from pooled vectors and their speaker's (mean, std): the
+  classifier alone (a speaker_norm evaluation's second pass)."""
+  logits = model.apply({"params": params}, None, None, pooled=pooled,
+                       pooled_stats=pooled_stats)[0]
+  return jax.nn.softmax(logits, -1)
+
+
 def student_from_config(cfg, dtype=jnp.float32, **overrides) -> Student:
   """Builds the student from a `config.student` ConfigDict."""
   return Student(

@@ -10,6 +10,8 @@ and resume are the training kit's; mced_jax/downstream.py runs the tables.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,11 +110,8 @@ def train_run(config, corpus: labelled.Corpus, fold, seed: int, init_dir, fracti
 
   predict = kit.eval_fn(lambda p, x, m: jax.nn.softmax(
       student.apply({"params": p}, x, m)[0], -1), mesh, policy)
-  pooled_fn = kit.eval_fn(lambda p, x, m: student.apply(
-      {"params": p}, x, m, mutable=["intermediates"])[1]["intermediates"]["pooled"][0],
-      mesh, policy)
-  head_fn = kit.eval_fn(lambda p, z, st: jax.nn.softmax(  # the classifier alone
-      student.apply({"params": p}, None, None, pooled=z, pooled_stats=st)[0], -1), mesh, policy)
+  pooled_fn = kit.eval_fn(functools.partial(student_lib.pooled_vector, student), mesh, policy)
+  head_fn = kit.eval_fn(functools.partial(student_lib.head_probs, student), mesh, policy)
 
   def batched(fn, params, order):
     """fn(params, x, m) over `order` in eval batches (frame buckets); rows in order."""
