@@ -48,9 +48,11 @@ def initialize(cfg) -> bool:
   else:
     return False
   if cfg.cpu_collectives:
-    # Gloo builds its all-device context at the first cross-process computation and
-    # waits only 30 s for the other processes; a step's compilation under load can
-    # lag more than that. Build it now, while initialize() has the processes in step.
+    # Gloo builds a device group's communicator at its first computation and waits
+    # only 30 s for the other processes there. This builds the groups of
+    # multihost_utils's (processes, local devices) mesh, used by the preemption
+    # agreement and checkpoint gathers, while initialize() has the processes in
+    # step; the training mesh's groups are built by sharding.warm_collectives.
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("mced_jax: cpu collectives")
   if jax.process_index() != 0:

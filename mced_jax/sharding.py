@@ -68,7 +68,42 @@ def from_config(mesh_cfg, devices=None) -> Mesh:
     if n > jax.device_count():
       raise ValueError(f"mesh.devices={n} but only {jax.device_count()} devices exist")
     devices = jax.devices()[:n]
-  return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.get("dcn_data", 1), devices)
+  mesh = make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.get("dcn_data", 1), devices)
+  warm_collectives(mesh)  # before any process can fall 30 s behind in a compile
+  return mesh
+
+
+def warm_collectives(mesh: Mesh, timeout_s: int = 900) -> None:
+  """Builds the cross-process communicators of every group of `mesh` now.
+
+  Gloo (CPU clusters) builds a communicator for a device group at the first
+  computation that reduces over that group, and waits only 30 s there for the
+  other processes; a process still compiling a step (a loaded host can take
+  longer) then brings the whole job down. Here all processes first meet at a
+  coordination-service barrier that waits `timeout_s`, and one psum over each
+  group of mesh axes builds the communicators while they are in step; later
+  computations over the same groups reuse them, however far apart the processes
+  arrive. A no-op in one process and on accelerators (their collectives do not
+  time out this way).
+  """
+  if jax.process_count() == 1 or mesh.devices.flat[0].platform != "cpu":
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  if client is not None:
+    warm_collectives.calls = getattr(warm_collectives, "calls", 0) + 1
+    client.wait_at_barrier(f"mced_jax/warm_collectives/{warm_collectives.calls}",
+                           timeout_s * 1000)
+
+  def groups(x):
+    return (jax.lax.psum(x, DATA) + jax.lax.psum(x, FSDP) + jax.lax.psum(x, BATCH_AXES))
+
+  n = batch_parallelism(mesh)
+  x = jax.make_array_from_callback((n,), batch_sharding(mesh),
+                                   lambda idx: np.ones(len(range(n)[idx[0]]), np.float32))
+  out = jax.jit(jax.shard_map(groups, mesh=mesh, in_specs=P(BATCH_AXES),
+                              out_specs=P(BATCH_AXES)))(x)
+  jax.block_until_ready(out)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
