@@ -37,6 +37,7 @@ The variant is a comma-separated list:
                    pat<N>  -- early stopping: end a run after N epochs without a
                               better validation UAR
                    folds5  -- only folds 1-5 (choosing ingredients; fold 6 stays unseen)
+                   d256    -- a d256 student (conv 256, MLP 512) instead of d128
 The paper's recipe is `demo`/`real`/`both` without ingredients.
 
 Fine-tuning-only parts (ep<N>, pat<N>, aug, folds5) do not change distillation: such
@@ -136,6 +137,9 @@ def get_config(arg: str | None = None):
       c.student.speaker_norm = True
     elif p == "folds5":
       c.finetune.max_folds = 5
+    elif p == "d256":  # a larger student (issue 14's list): twice the width, ~3.5x the compute
+      c.student.conv_channels = (256, 256, 256, 256)
+      c.student.d_model, c.student.mlp_dim, c.student.classifier_hidden = 256, 512, 256
     else:
       raise ValueError(f"variant {arg!r}: unknown part {p!r} (see configs/ravdess_real.py)")
   c.finetune.reference = {  # same folds; README, RAVDESS

@@ -10,7 +10,9 @@
     (avx512_bf16 or AMX), since elsewhere XLA:CPU's bf16 dots run at or below the
     fp32 rate (measured 0.9x fp32 on an AVX2 2-core machine).
 `config.matmul` ("auto" | "xla" | "cpu_bf16") can force XLA's own bf16 kernels
-on a CPU for comparisons.
+on a CPU for comparisons. fp32 on a CPU with "auto" is `cpu_fp32`: the same maths
+with the convolutions' gradients written per kernel tap (models/matmul.py), which
+spares XLA:CPU's layout copies; "xla" turns that off too.
 
 Models take only a dtype (`policy.module_dtype`); the CPU kernel swap is
 `policy.scope()`, entered once around a traced step or forward pass.
@@ -48,6 +50,7 @@ def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
 class Policy:
   dtype: str  # the resolved compute dtype: "float32" or "bfloat16"
   cpu_bf16: bool  # bf16 operands on fp32 modules (the fast CPU recipe)
+  cpu_fp32: bool = False  # fp32 on a CPU: convolution gradients per kernel tap
 
   @property
   def compute_dtype(self):
@@ -65,11 +68,14 @@ class Policy:
     return self.compute_dtype
 
   def scope(self):
-    return matmul_lib.cpu_bf16_scope() if self.cpu_bf16 else contextlib.nullcontext()
+    if self.cpu_bf16:
+      return matmul_lib.cpu_bf16_scope()
+    return matmul_lib.cpu_fp32_scope() if self.cpu_fp32 else contextlib.nullcontext()
 
   def describe(self) -> str:
-    return self.dtype + (" (cpu_bf16: bf16 operands, fp32 accumulation)" if self.cpu_bf16
-                         else "")
+    if self.cpu_bf16:
+      return self.dtype + " (cpu_bf16: bf16 operands, fp32 accumulation)"
+    return self.dtype + (" (cpu_fp32: per-tap conv gradients)" if self.cpu_fp32 else "")
 
 
 def resolve(dtype: str, matmul: str = "auto", platform: str | None = None,
@@ -86,7 +92,8 @@ def resolve(dtype: str, matmul: str = "auto", platform: str | None = None,
     raise ValueError("matmul='cpu_bf16' is a bfloat16 recipe; it needs dtype='bfloat16'")
   cpu_bf16 = dtype == "bfloat16" and (matmul == "cpu_bf16" or
                                       (matmul == "auto" and platform == "cpu"))
-  return Policy(dtype, cpu_bf16)
+  cpu_fp32 = dtype == "float32" and matmul == "auto" and platform == "cpu"
+  return Policy(dtype, cpu_bf16, cpu_fp32)
 
 
 def from_config(config) -> Policy:

@@ -21,6 +21,7 @@ split the batch evenly and exactly), each process loads just those rows, and
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -28,6 +29,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA, FSDP = "data", "fsdp"
+_WARM_CALLS = itertools.count()  # unique barrier names
 BATCH_AXES = (DATA, FSDP)
 
 
@@ -90,9 +92,8 @@ def warm_collectives(mesh: Mesh, timeout_s: int = 900) -> None:
     return
   from jax._src import distributed  # pylint: disable=import-outside-toplevel
   client = distributed.global_state.client
-  if client is not None:
-    warm_collectives.calls = getattr(warm_collectives, "calls", 0) + 1
-    client.wait_at_barrier(f"mced_jax/warm_collectives/{warm_collectives.calls}",
+  if client is not None:  # every process makes the same meshes in the same order
+    client.wait_at_barrier(f"mced_jax/warm_collectives/{next(_WARM_CALLS)}",
                            timeout_s * 1000)
 
   def groups(x):

@@ -11,7 +11,9 @@ def test_auto_is_bf16_on_accelerators_and_only_on_cpus_with_bf16_units():
   assert precision.resolve("auto", platform="tpu").dtype == "bfloat16"
   # an AVX2 / plain AVX-512 CPU: bf16 ran at 0.9x fp32 there, so auto stays fp32
   assert precision.resolve("auto", platform="cpu", cpu_bf16_units=False) == precision.Policy(
-      "float32", False)
+      "float32", False, cpu_fp32=True)
+  assert not precision.resolve("float32", "xla", platform="cpu").cpu_fp32
+  assert not precision.resolve("float32", platform="gpu").cpu_fp32
   # avx512_bf16 / AMX: the fast cpu_bf16 recipe
   assert precision.resolve("auto", platform="cpu", cpu_bf16_units=True) == precision.Policy(
       "bfloat16", True)

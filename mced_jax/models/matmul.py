@@ -28,7 +28,11 @@ flax method interceptor routes every Dense, DenseGeneral and 1-D Conv applied
 inside it -- the student's, the soft-align blocks' and transformers' FlaxBert
 teacher's -- to the kernels below, and `attention`/`einsum`/`dense_gelu` see the
 scope too.
-Outside the scope everything runs on XLA's own dots and convolutions.
+Outside the scope everything runs on XLA's own dots and convolutions, except that
+in fp32 on a CPU the policy enters `cpu_fp32_scope()`: 1-D convolutions keep XLA's
+forward pass and take their gradients per kernel tap
+(`conv_general_dilated_tap_grad`), the same sums without the layout copies XLA:CPU
+makes for convolution gradients.
 """
 
 from __future__ import annotations
@@ -170,17 +174,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) -> 
   return jnp.swapaxes(einsum("bnts,bnsh->bnth", probs, v), 1, 2).astype(q.dtype)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, preferred_element_type=None, **kwargs):
-  """`lax.conv_general_dilated` for flax's 1-D nn.Conv on bf16-operand matmuls.
-
-  y[t] = sum_i x_padded[t * stride + i] @ W[i], on `matmul`. Only the layout flax
-  uses for 1-D inputs (NWC, WIO), explicit padding, no dilation and no groups are
-  supported; anything else is an error rather than a silent fallback, so a config
-  change cannot quietly lose speed.
-  """
-  del precision, kwargs
+def _check_conv1d(lhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                  feature_group_count, kernels: str):
+  """Only the layout flax uses for 1-D inputs (NWC, WIO), explicit padding, no
+  dilation and no groups are supported; anything else is an error rather than a
+  silent fallback, so a config change cannot quietly lose speed."""
   unsupported = []
   if lhs.ndim != 3:
     unsupported.append(f"{lhs.ndim - 2}-D input")
@@ -190,22 +188,88 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     unsupported.append("feature groups")
   if isinstance(padding, str):
     unsupported.append(f"padding={padding!r} (give explicit pairs)")
-  if dimension_numbers is not None and tuple(dimension_numbers) != (
-      (0, 2, 1), (2, 1, 0), (0, 2, 1)):
+  if dimension_numbers is not None and tuple(dimension_numbers) not in (
+      ((0, 2, 1), (2, 1, 0), (0, 2, 1)), ("NWC", "WIO", "NWC")):
     unsupported.append(f"dimension numbers {dimension_numbers}")
   if unsupported:
-    raise NotImplementedError("matmul='cpu_bf16' convolution supports 1-D NWC convolutions "
+    raise NotImplementedError(f"the {kernels} convolution supports 1-D NWC convolutions "
                               "only; not: " + ", ".join(unsupported))
+
+
+def _taps(x, taps: int, stride: int, lo: int, hi: int):
+  """The padded input and its `taps` strided views: view i holds, for every output
+  frame t, input frame t * stride + i (of the padded input)."""
+  xp = jnp.pad(x, ((0, 0), (lo, hi), (0, 0)))
+  t_out = (xp.shape[1] - taps) // stride + 1
+  return xp, [lax.slice_in_dim(xp, i, i + stride * (t_out - 1) + 1, stride=stride, axis=1)
+              for i in range(taps)]
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, preferred_element_type=None, **kwargs):
+  """`lax.conv_general_dilated` for flax's 1-D nn.Conv on bf16-operand matmuls:
+  y[t] = sum_i x_padded[t * stride + i] @ W[i], on `matmul`."""
+  del precision, kwargs
+  _check_conv1d(lhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, "cpu_bf16")
   (stride,), ((lo, hi),) = tuple(window_strides), tuple(tuple(p) for p in padding)
   taps, c_in, c_out = rhs.shape
-  x = jnp.pad(lhs, ((0, 0), (lo, hi), (0, 0)))
-  t_out = (x.shape[1] - taps) // stride + 1
-  shifted = [lax.slice_in_dim(x, i, i + stride * (t_out - 1) + 1, stride=stride, axis=1)
-             for i in range(taps)]
+  _, shifted = _taps(lhs, taps, stride, lo, hi)
   if c_in < IM2COL_MAX_CHANNELS:
     y = matmul(jnp.concatenate(shifted, axis=-1), rhs.reshape(taps * c_in, c_out))
   else:
     y = sum(matmul(xi, rhs[i]) for i, xi in enumerate(shifted))
+  return y.astype(preferred_element_type or lhs.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv1d_tap_grad(x, w, stride: int, lo: int, hi: int):
+  return lax.conv_general_dilated(x, w, (stride,), [(lo, hi)],
+                                  dimension_numbers=("NWC", "WIO", "NWC"))
+
+
+def _conv1d_tap_grad_fwd(x, w, stride, lo, hi):
+  return _conv1d_tap_grad(x, w, stride, lo, hi), (x, w)
+
+
+def _conv1d_tap_grad_bwd(stride, lo, hi, res, g):
+  x, w = res
+  taps, c_in, c_out = w.shape
+  xp, shifted = _taps(x, taps, stride, lo, hi)
+  span = stride * (g.shape[1] - 1) + 1  # padded frames the output's taps cover
+  g2 = g.reshape(-1, c_out)
+  # dW[i] = view_i^T @ g over all (batch, frame) rows: plain row-major dots.
+  dw = jnp.stack([jnp.einsum("mk,mn->kn", xi.reshape(-1, c_in), g2) for xi in shifted])
+  # dx: g @ W[i]^T lands on input frames t * stride + i; interior padding spreads
+  # each tap's rows to their frames, and the sum over taps is one fusion.
+  dxp = sum(lax.pad(jnp.einsum("btn,kn->btk", g, w[i]), jnp.zeros((), g.dtype),
+                    ((0, 0, 0), (i, xp.shape[1] - i - span, stride - 1), (0, 0, 0)))
+            for i in range(taps))
+  return dxp[:, lo: lo + x.shape[1]].astype(x.dtype), dw.astype(w.dtype)
+
+
+_conv1d_tap_grad.defvjp(_conv1d_tap_grad_fwd, _conv1d_tap_grad_bwd)
+
+
+def conv_general_dilated_tap_grad(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                  rhs_dilation=None, dimension_numbers=None,
+                                  feature_group_count=1, precision=None,
+                                  preferred_element_type=None, **kwargs):
+  """`lax.conv_general_dilated` (fp32, 1-D) whose gradient is written per kernel tap.
+
+  The forward pass is XLA's convolution. Its autodiff gradients are convolutions
+  too, and XLA:CPU feeds them transposed copies: the layer input in [C, T, B] order
+  (re-running LayerNorm and GELU in that order, 45 ms for the first conv block
+  layer at the benchmark shapes) and the kernel flipped (6-9 ms per layer). Per
+  tap, dW[i] is one row-major dot and dx one dot per tap spread by interior
+  padding: the same sums with no layout copies (fp32 step -3 %, README Benchmark).
+  """
+  del precision, kwargs
+  _check_conv1d(lhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, "cpu_fp32")
+  (stride,), ((lo, hi),) = tuple(window_strides), tuple(tuple(p) for p in padding)
+  y = _conv1d_tap_grad(lhs, rhs, int(stride), int(lo), int(hi))
   return y.astype(preferred_element_type or lhs.dtype)
 
 
@@ -228,15 +292,16 @@ def _tuple(d):
   return None if d is None else ((d,) if isinstance(d, int) else tuple(d))
 
 
-def _conv(m, x, params):
-  """flax 1-D nn.Conv with explicit padding on the per-tap/im2col kernel."""
+def _conv(m, x, params, conv=conv_general_dilated, kernels="cpu_bf16"):
+  """flax 1-D nn.Conv with explicit padding on `conv` (default: the per-tap/im2col
+  bf16 kernel)."""
   padding = m.padding
   if isinstance(padding, str) or isinstance(padding, int):
-    raise NotImplementedError(f"cpu_bf16 convolution needs explicit padding pairs, got "
+    raise NotImplementedError(f"{kernels} convolution needs explicit padding pairs, got "
                               f"padding={padding!r}")
   strides = m.strides if m.strides is not None else 1
   strides = (strides,) if isinstance(strides, int) else tuple(strides)
-  y = conv_general_dilated(x.astype(m.dtype or x.dtype), params["kernel"], strides,
+  y = conv(x.astype(m.dtype or x.dtype), params["kernel"], strides,
                            [tuple(p) for p in padding], lhs_dilation=_tuple(m.input_dilation),
                            rhs_dilation=_tuple(m.kernel_dilation),
                            feature_group_count=m.feature_group_count)
@@ -277,3 +342,20 @@ def cpu_bf16_scope():
       yield
   finally:
     _ACTIVE.reset(token)
+
+
+def _fp32_interceptor(next_fun, args, kwargs, context):
+  """Runs flax 1-D Conv layers on `conv_general_dilated_tap_grad`."""
+  m = context.module
+  if (context.method_name != "__call__" or type(m) is not nn.Conv
+      or not m.has_variable("params", "kernel") or len(args) != 1 or kwargs
+      or args[0].ndim != 3 or jnp.dtype(m.dtype or args[0].dtype) != jnp.float32):
+    return next_fun(*args, **kwargs)
+  return _conv(m, args[0], m.variables["params"], conv_general_dilated_tap_grad, "cpu_fp32")
+
+
+def cpu_fp32_scope():
+  """Every 1-D Conv applied inside this scope takes its gradient per kernel tap
+  (`conv_general_dilated_tap_grad`: the same sums without XLA:CPU's layout copies).
+  Dense layers stay on XLA's own dots, which are fast in fp32."""
+  return nn.intercept_methods(_fp32_interceptor)

@@ -154,3 +154,35 @@ def test_dense_gelu_in_scope_uses_bf16_operands():
   close(dw, rw)
   # bf16 operands: not the fp32 product to the last bit
   assert not np.array_equal(np.asarray(got), np.asarray(gelu(x @ w)))
+
+
+@pytest.mark.parametrize("t,c_in,k,s,pad", [(21, 13, 5, 1, (2, 2)), (20, 30, 3, 2, (1, 1)),
+                                            (21, 30, 3, 2, (1, 1)), (16, 7, 3, 2, (0, 2))])
+def test_tap_grad_conv_equals_lax_conv_and_its_gradients_in_fp32(t, c_in, k, s, pad):
+  """cpu_fp32: XLA's forward, gradients written per tap; equal to autodiff in fp32."""
+  x, w = rand(2, t, c_in), rand(k, c_in, 16) * 0.1
+  dn = ("NWC", "WIO", "NWC")
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (s,), [pad], dimension_numbers=dn)
+  tap = lambda x, w: M.conv_general_dilated_tap_grad(x, w, (s,), [pad], dimension_numbers=dn)
+  np.testing.assert_array_equal(np.asarray(tap(x, w)), np.asarray(ref(x, w)))
+  r = rand(*ref(x, w).shape)
+  for g, e in zip(grads(lambda x, w: (tap(x, w) * r).sum(), x, w),
+                  grads(lambda x, w: (ref(x, w) * r).sum(), x, w)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_scope_routes_flax_conv_to_the_tap_gradient():
+  x = rand(2, 19, 9)
+  conv = nn.Conv(12, (3,), strides=(2,), padding=[(1, 1)])
+  p = conv.init(jax.random.PRNGKey(0), x)
+  r = rand(*conv.apply(p, x).shape)
+  loss = lambda p: (conv.apply(p, x) * r).sum()
+
+  def scoped(p):
+    with M.cpu_fp32_scope():
+      return loss(p)
+  jaxpr = str(jax.make_jaxpr(jax.grad(scoped))(p))
+  assert "custom_vjp_call" in jaxpr and "custom_vjp_call" not in str(
+      jax.make_jaxpr(jax.grad(loss))(p))  # really rerouted, and only inside the scope
+  for a, b in zip(jax.tree.leaves(grads(scoped, p)), jax.tree.leaves(grads(loss, p))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
