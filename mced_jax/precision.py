@@ -75,7 +75,7 @@ class Policy:
   def describe(self) -> str:
     if self.cpu_bf16:
       return self.dtype + " (cpu_bf16: bf16 operands, fp32 accumulation)"
-    return self.dtype + (" (cpu_fp32: per-tap conv gradients)" if self.cpu_fp32 else "")
+    return self.dtype + (" (cpu_fp32: copy-free dense and conv gradients)" if self.cpu_fp32 else "")
 
 
 def resolve(dtype: str, matmul: str = "auto", platform: str | None = None,

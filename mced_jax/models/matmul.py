@@ -29,10 +29,11 @@ inside it -- the student's, the soft-align blocks' and transformers' FlaxBert
 teacher's -- to the kernels below, and `attention`/`einsum`/`dense_gelu` see the
 scope too.
 Outside the scope everything runs on XLA's own dots and convolutions, except that
-in fp32 on a CPU the policy enters `cpu_fp32_scope()`: 1-D convolutions keep XLA's
-forward pass and take their gradients per kernel tap
-(`conv_general_dilated_tap_grad`), the same sums without the layout copies XLA:CPU
-makes for convolution gradients.
+in fp32 on a CPU the policy enters `cpu_fp32_scope()`: the same interceptor routes
+dense layers to `dense_fp32` and 1-D convolutions to
+`conv_general_dilated_tap_grad`. Both keep XLA's fp32 forward products and write
+their gradients so that XLA:CPU makes no layout copies for them (the weight
+gradient as one row-major dot; a convolution's gradients per kernel tap).
 """
 
 from __future__ import annotations
@@ -93,6 +94,32 @@ _bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [..., K] @ w [K, N] with bf16 operands and fp32 accumulation, in x's dtype."""
   return _bf16_einsum("...k,kn->...n", x, w).astype(x.dtype)
+
+
+@jax.custom_vjp
+def dense_fp32(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., K] @ w [K, N] in fp32, with the weight gradient as one row-major dot.
+
+  Autodiff's weight gradient contracts the leading axes of x and g; XLA:CPU then
+  writes g (or x) transposed first, fused into the elementwise op that makes it
+  (e.g. a dropout gradient as [512, 1600], 6-7 ms). Written as
+  (rows, K)^T @ (rows, N), the dot takes its operands as they are (fp32 step -2 %).
+  """
+  return jnp.einsum("...k,kn->...n", x, w)
+
+
+def _dense_fp32_fwd(x, w):
+  return dense_fp32(x, w), (x, w)
+
+
+def _dense_fp32_bwd(res, g):
+  x, w = res
+  dx = jnp.einsum("...n,kn->...k", g, w)
+  dw = jnp.einsum("mk,mn->kn", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
+  return dx, dw
+
+
+dense_fp32.defvjp(_dense_fp32_fwd, _dense_fp32_bwd)
 
 
 _INV_SQRT2, _INV_SQRT_2PI = 1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
@@ -273,7 +300,7 @@ def conv_general_dilated_tap_grad(lhs, rhs, window_strides, padding, lhs_dilatio
   return y.astype(preferred_element_type or lhs.dtype)
 
 
-def _dense_general(m, x, params):
+def _dense_general(m, x, params, matmul=matmul):
   """flax DenseGeneral (no batch dims, trailing contracted axes) on `matmul`."""
   axis = tuple(a % x.ndim for a in (m.axis if isinstance(m.axis, tuple) else (m.axis,)))
   n = len(axis)
@@ -308,28 +335,36 @@ def _conv(m, x, params, conv=conv_general_dilated, kernels="cpu_bf16"):
   return y if "bias" not in params else y + params["bias"].astype(y.dtype)
 
 
-def _interceptor(next_fun, args, kwargs, context):
-  """Runs flax Dense, DenseGeneral and 1-D Conv layers (ours and transformers'
-  FlaxBert's) on the bf16-operand kernels. Layers without parameters yet (init)
-  and any other layout take XLA's path."""
-  m = context.module
-  kind = type(m)
-  if (context.method_name != "__call__" or kind not in (nn.Dense, nn.DenseGeneral, nn.Conv)
-      or not m.has_variable("params", "kernel") or len(args) != 1 or kwargs
-      or getattr(m, "dot_general", None) is not None
-      or getattr(m, "dot_general_cls", None) is not None):
-    return next_fun(*args, **kwargs)
-  (x,) = args
-  params = m.variables["params"]
-  if kind is nn.Dense:
-    # No promotion of a (possibly bf16) kernel to the module dtype: matmul rounds
-    # both operands to bf16 itself, so a promotion would only be a round trip.
-    y = matmul(x.astype(m.dtype or x.dtype), params["kernel"])
-    return y if "bias" not in params else y + params["bias"].astype(y.dtype)
-  if kind is nn.DenseGeneral:
-    y = _dense_general(m, x, params)
-    return next_fun(*args, **kwargs) if y is None else y
-  return _conv(m, x, params)
+def _make_interceptor(dense, conv, kernels: str):
+  """A flax method interceptor that runs Dense, DenseGeneral and 1-D Conv layers
+  (ours and transformers' FlaxBert's) on `dense` and `conv`. Layers without
+  parameters yet (init) and any other layout take XLA's path."""
+
+  def intercept(next_fun, args, kwargs, context):
+    m = context.module
+    kind = type(m)
+    if (context.method_name != "__call__" or kind not in (nn.Dense, nn.DenseGeneral, nn.Conv)
+        or not m.has_variable("params", "kernel") or len(args) != 1 or kwargs
+        or getattr(m, "dot_general", None) is not None
+        or getattr(m, "dot_general_cls", None) is not None):
+      return next_fun(*args, **kwargs)
+    (x,) = args
+    params = m.variables["params"]
+    if kind is nn.Dense:
+      # No promotion of a (possibly bf16) kernel to the module dtype: the bf16
+      # matmul rounds both operands itself, so a promotion would only be a round trip.
+      y = dense(x.astype(m.dtype or x.dtype), params["kernel"])
+      return y if "bias" not in params else y + params["bias"].astype(y.dtype)
+    if kind is nn.DenseGeneral:
+      y = _dense_general(m, x, params, dense)
+      return next_fun(*args, **kwargs) if y is None else y
+    return _conv(m, x, params, conv, kernels)
+
+  return intercept
+
+
+_interceptor = _make_interceptor(matmul, conv_general_dilated, "cpu_bf16")
+_fp32_interceptor = _make_interceptor(dense_fp32, conv_general_dilated_tap_grad, "cpu_fp32")
 
 
 @contextlib.contextmanager
@@ -344,18 +379,8 @@ def cpu_bf16_scope():
     _ACTIVE.reset(token)
 
 
-def _fp32_interceptor(next_fun, args, kwargs, context):
-  """Runs flax 1-D Conv layers on `conv_general_dilated_tap_grad`."""
-  m = context.module
-  if (context.method_name != "__call__" or type(m) is not nn.Conv
-      or not m.has_variable("params", "kernel") or len(args) != 1 or kwargs
-      or args[0].ndim != 3 or jnp.dtype(m.dtype or args[0].dtype) != jnp.float32):
-    return next_fun(*args, **kwargs)
-  return _conv(m, args[0], m.variables["params"], conv_general_dilated_tap_grad, "cpu_fp32")
-
-
 def cpu_fp32_scope():
-  """Every 1-D Conv applied inside this scope takes its gradient per kernel tap
-  (`conv_general_dilated_tap_grad`: the same sums without XLA:CPU's layout copies).
-  Dense layers stay on XLA's own dots, which are fast in fp32."""
+  """Every Dense/DenseGeneral applied inside this scope runs on `dense_fp32` and
+  every 1-D Conv on `conv_general_dilated_tap_grad`: XLA's own fp32 forward
+  products, with gradients written so that XLA:CPU makes no layout copies for them."""
   return nn.intercept_methods(_fp32_interceptor)

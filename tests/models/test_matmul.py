@@ -186,3 +186,26 @@ def test_fp32_scope_routes_flax_conv_to_the_tap_gradient():
       jax.make_jaxpr(jax.grad(loss))(p))  # really rerouted, and only inside the scope
   for a, b in zip(jax.tree.leaves(grads(scoped, p)), jax.tree.leaves(grads(loss, p))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_fp32_and_the_fp32_scope_equal_xla_in_fp32():
+  x, w, r = rand(3, 5, 24), rand(24, 40), rand(3, 5, 40)
+  np.testing.assert_array_equal(np.asarray(M.dense_fp32(x, w)),
+                                np.asarray(jnp.einsum("...k,kn->...n", x, w)))
+  for g, e in zip(grads(lambda x, w: (M.dense_fp32(x, w) * r).sum(), x, w),
+                  grads(lambda x, w: ((x @ w) * r).sum(), x, w)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-5, atol=1e-5)
+  # flax Dense and DenseGeneral (the student's qkv/out layouts) in the scope
+  x = rand(2, 7, 8)
+  for layer, inp in [(nn.Dense(6), x), (nn.DenseGeneral((3, 2, 4)), x),
+                     (nn.DenseGeneral(5, axis=(-2, -1)), rand(2, 7, 2, 4))]:
+    p = layer.init(jax.random.PRNGKey(0), inp)
+    rr = rand(*layer.apply(p, inp).shape)
+    loss = lambda p: (layer.apply(p, inp) * rr).sum()
+
+    def scoped(p):
+      with M.cpu_fp32_scope():
+        return loss(p)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(jax.grad(scoped))(p))
+    for a, b in zip(jax.tree.leaves(grads(scoped, p)), jax.tree.leaves(grads(loss, p))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
