@@ -96,6 +96,12 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   return _bf16_einsum("...k,kn->...n", x, w).astype(x.dtype)
 
 
+def _weight_grad(x, g):
+  """dW = x^T @ g over all leading (row) axes, as one row-major dot: the form
+  XLA:CPU runs without writing either operand transposed first."""
+  return jnp.einsum("mk,mn->kn", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
+
+
 @jax.custom_vjp
 def dense_fp32(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [..., K] @ w [K, N] in fp32, with the weight gradient as one row-major dot.
@@ -115,8 +121,7 @@ def _dense_fp32_fwd(x, w):
 def _dense_fp32_bwd(res, g):
   x, w = res
   dx = jnp.einsum("...n,kn->...k", g, w)
-  dw = jnp.einsum("mk,mn->kn", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
-  return dx, dw
+  return dx, _weight_grad(x, g)
 
 
 dense_fp32.defvjp(_dense_fp32_fwd, _dense_fp32_bwd)
@@ -141,8 +146,7 @@ def _dense_gelu_bwd(res, g):
   x, w, slope = res
   gz = g * slope  # formed once, in the [..., N] layout
   dx = jnp.einsum("...n,kn->...k", gz, w)
-  dw = jnp.einsum("mk,mn->kn", x.reshape(-1, x.shape[-1]), gz.reshape(-1, gz.shape[-1]))
-  return dx, dw
+  return dx, _weight_grad(x, gz)
 
 
 _dense_gelu.defvjp(_dense_gelu_fwd, _dense_gelu_bwd)
@@ -262,12 +266,11 @@ def _conv1d_tap_grad_fwd(x, w, stride, lo, hi):
 
 def _conv1d_tap_grad_bwd(stride, lo, hi, res, g):
   x, w = res
-  taps, c_in, c_out = w.shape
+  taps = w.shape[0]
   xp, shifted = _taps(x, taps, stride, lo, hi)
   span = stride * (g.shape[1] - 1) + 1  # padded frames the output's taps cover
-  g2 = g.reshape(-1, c_out)
-  # dW[i] = view_i^T @ g over all (batch, frame) rows: plain row-major dots.
-  dw = jnp.stack([jnp.einsum("mk,mn->kn", xi.reshape(-1, c_in), g2) for xi in shifted])
+  # dW[i] = view_i^T @ g over all (batch, frame) rows.
+  dw = jnp.stack([_weight_grad(xi, g) for xi in shifted])
   # dx: g @ W[i]^T lands on input frames t * stride + i; interior padding spreads
   # each tap's rows to their frames, and the sum over taps is one fusion.
   dxp = sum(lax.pad(jnp.einsum("btn,kn->btk", g, w[i]), jnp.zeros((), g.dtype),
