@@ -4,12 +4,14 @@ r"""Compare downstream recipes across work dirs, with a held-out fold kept apart
         --holdout=fold6 --out=runs/ravdess_real/comparison.md
 
 Reads each work dir's finetune/table5_runs.csv (one row per variant x fold x
-seed) and writes one markdown report: per recipe and variant the test metrics as
+seed; with finetune/table5_ensembles.csv, the seed ensembles as extra variants)
+and writes one markdown report: per recipe and variant the test metrics as
 mean ± std over the *selection* folds (every fold but the held-out ones), the
 held-out fold on its own, the per-fold UAR, and how often Student+MCED beats
 Student−MCED of the same recipe (per fold, on the seed mean; and per paired
-fold × seed run). Ingredients are chosen on the selection folds; the held-out
-fold is reported untouched.
+fold × seed run; an ensemble against the other variant's ensemble).
+Ingredients are chosen on the selection folds; the held-out fold is reported
+untouched.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def read_runs(workdir: str) -> list[dict]:
   if not fs.exists(path):
     raise FileNotFoundError(f"{path} not found: run the finetune stage in {workdir} first")
   rows = list(csv.DictReader(fs.read_text(path).splitlines()))
+  ens = fs.join(workdir, "finetune", "table5_ensembles.csv")
+  if fs.exists(ens):
+    rows += list(csv.DictReader(fs.read_text(ens).splitlines()))
   return [r for r in rows if float(r["fraction"]) == 1.0]
 
 
@@ -53,9 +58,10 @@ def summarize(rows, holdout) -> dict:
   return out
 
 
-def wins(rows, holdout) -> dict:
-  """Student+MCED vs Student−MCED: folds (seed means) and paired runs won, on the
-  selection folds and on the held-out ones."""
+def wins(rows, holdout, variant: str = MCED) -> dict:
+  """`variant` (a Student+MCED row) vs the same name with Student−MCED: folds (seed
+  means) and paired runs won, on the selection folds and on the held-out ones."""
+  other = variant.replace(MCED, SCRATCH, 1)
   by = {(r["variant"], r["fold"], r["seed"]): float(r["test_UAR"]) for r in rows}
   folds = list(dict.fromkeys(r["fold"] for r in rows))
   res = {}
@@ -63,9 +69,9 @@ def wins(rows, holdout) -> dict:
     fs_ = [f for f in folds if protocols.is_held_out(f, holdout) == keep]
     fold_wins, pair_wins, pairs = 0, 0, 0
     for f in fs_:
-      seeds = sorted({s for (v, ff, s) in by if ff == f})
-      m = [by.get((MCED, f, s)) for s in seeds]
-      o = [by.get((SCRATCH, f, s)) for s in seeds]
+      seeds = sorted({s for (v, ff, s) in by if ff == f and v == variant})
+      m = [by.get((variant, f, s)) for s in seeds]
+      o = [by.get((other, f, s)) for s in seeds]
       if None in m or None in o:
         continue
       fold_wins += np.mean(m) > np.mean(o)
@@ -84,16 +90,21 @@ def report(workdirs, holdout) -> str:
   per_fold = []
   for w in workdirs:
     rows = read_runs(w)
-    s, win = summarize(rows, holdout), wins(rows, holdout)
+    s = summarize(rows, holdout)
     name = fs.basename(w.rstrip("/"))
     for v, e in s.items():
       cells = " | ".join(f"{e['select'][m][0]:.3f} ± {e['select'][m][1]:.3f}"
                          if e["select"] else "–" for m in METRICS)
-      held = (f"{e['holdout']['UAR'][0]:.3f} ± {e['holdout']['UAR'][1]:.3f}"
-              if e["holdout"] else "–")
-      w_sel, w_hold = win["select"], win["holdout"]
-      wtxt = (f"{w_sel[0]}/{w_sel[1]} / {w_sel[2]}/{w_sel[3]} (held out: {w_hold[0]}/{w_hold[1]}"
-              f" / {w_hold[2]}/{w_hold[3]})" if v == MCED else "")
+      held = "–"
+      if e["holdout"]:
+        mean, std, n = e["holdout"]["UAR"]
+        held = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"  # one run: no spread
+      wtxt = ""
+      if v.startswith(MCED) and v.replace(MCED, SCRATCH, 1) in s:
+        win = wins(rows, holdout, v)
+        w_sel, w_hold = win["select"], win["holdout"]
+        wtxt = (f"{w_sel[0]}/{w_sel[1]} / {w_sel[2]}/{w_sel[3]} (held out: "
+                f"{w_hold[0]}/{w_hold[1]} / {w_hold[2]}/{w_hold[3]})")
       lines.append(f"| {name} | {v} | {cells} | {held} | {wtxt} |")
       per_fold.append((name, v, e["folds"]))
   folds = list(dict.fromkeys(f for _, _, fd in per_fold for f in fd))

@@ -7,7 +7,8 @@
            Student-MCED on all of it
 
 Outputs in WORKDIR/finetune: table<N>.md, table<N>_runs.csv (one row per fold x
-seed), confusion_*.png, and WORKDIR/results.md with every table. Each run is cached,
+seed), table5_ensembles.csv (with >= 2 seeds: each variant's seeds averaged into
+one prediction per fold, extra rows), confusion_*.png, and WORKDIR/results.md with every table. Each run is cached,
 so an interrupted stage resumes with the next unfinished run, and runs shared by
 tables (e.g. Student-MCED on all data) are trained once.
 """
@@ -251,17 +252,26 @@ def run(config, layout) -> dict | None:
     if results is None:
       return None
     order = [s.variant for s in specs]
-    rows = report.summarize(results, order)
-    extra = "Test UAR per fold (mean over seeds):\n\n" + report.per_fold_table(results, order)
+    ens = report.seed_ensembles(results, order) if t == "5" and f.seed_ensemble else []
+    order += list(dict.fromkeys(r["variant"] for r in ens))
+    shown = results + ens
+    rows = report.summarize(shown, order)
+    extra = "Test UAR per fold (mean over seeds):\n\n" + report.per_fold_table(shown, order)
+    if ens:
+      extra += ("\n\nSeed ensembles (extra rows, not the paper's protocol): per fold, the "
+                "seeds' test probabilities averaged into one prediction; ± is over folds. "
+                "Per fold: `finetune/table5_ensembles.csv`.")
     if t == "5":
       extra += "\n\nConfusion matrices (summed over runs): " + ", ".join(
-          f"`finetune/{n}`" for n in report.confusion_names(results, "table5_"))
+          f"`finetune/{n}`" for n in report.confusion_names(shown, "table5_"))
     extra += f"\n\nPlot: `finetune/table{t}.png`"
     text = _table(f"Table {t}", rows, caption, extra, ref if t == "5" else None)
     if jax.process_index() == 0:  # one writer for reports
       report.write_runs_csv(results, fs.join(out, f"table{t}_runs.csv"))
+      if ens:
+        report.write_runs_csv(ens, fs.join(out, "table5_ensembles.csv"))
       if t == "5":
-        report.confusion_plots(results, corpus.classes, out, "table5_")
+        report.confusion_plots(shown, corpus.classes, out, "table5_")
       report.bar_plot(rows, fs.join(out, f"table{t}.png"), textwrap.fill(caption, 70),
                       ref if t == "5" else None)
       fs.write_text(fs.join(out, f"table{t}.md"), text)

@@ -56,6 +56,39 @@ def write_runs_csv(results: list[dict], path: str) -> None:
   fs.write_text(path, f.getvalue())
 
 
+def seed_ensembles(results: list[dict], order=None) -> list[dict]:
+  """Per variant and fold, its seeds as one model: the mean of their test
+  probabilities, scored like a run (variant "<name> (<k>-seed ensemble)", seed
+  "ensemble"; k times a single model's inference cost). Variants without the same
+  number (>= 2) of seeds on every fold get none."""
+  out = []
+  for v in order or dict.fromkeys(r["variant"] for r in results):
+    rs = [r for r in results if r["variant"] == v]
+    by_fold = {f: [r for r in rs if r["fold"] == f] for f in dict.fromkeys(r["fold"] for r in rs)}
+    sizes = {len(g) for g in by_fold.values()}
+    if len(sizes) != 1 or min(sizes) < 2:
+      continue
+    k = sizes.pop()
+    for fold, runs in by_fold.items():
+      ids = list(runs[0]["test_ids"])
+      probs = []
+      for r in runs:
+        where = {u: i for i, u in enumerate(r["test_ids"])}
+        if set(where) != set(ids):
+          raise ValueError(f"{v} {fold}: seeds {runs[0]['seed']} and {r['seed']} scored "
+                           "different test utterances; cannot ensemble them")
+        probs.append(np.asarray(r["test_probs"], np.float64)[[where[u] for u in ids]])
+      mean = np.mean(probs, axis=0)
+      true = np.asarray(runs[0]["test_true"])
+      test = metrics_lib.classification_report(true, mean.argmax(-1), mean.shape[-1])
+      out.append({"variant": f"{v} ({k}-seed ensemble)", "fold": fold, "seed": "ensemble",
+                  "fraction": runs[0]["fraction"], "best_epoch": -1,
+                  "train_utterances": runs[0]["train_utterances"], "test": test,
+                  "val": {m: float("nan") for m in METRICS}, "test_ids": ids,
+                  "test_probs": mean.tolist(), "test_true": true.tolist()})
+  return out
+
+
 def per_fold_table(results: list[dict], variants, metric: str = "UAR") -> str:
   """Test `metric` per fold (mean over seeds), one column per variant."""
   folds = list(dict.fromkeys(r["fold"] for r in results))

@@ -45,6 +45,26 @@ def test_holdout_fold_is_kept_apart_and_wins_are_counted(tmp_path, capsys):
   assert "fold6_test_16-18" in capsys.readouterr().out
 
 
+def test_seed_ensembles_are_extra_rows_with_their_own_wins(tmp_path):
+  folds = ["fold1_test_1-3", "fold2_test_4-6", "fold6_test_16-18"]
+  uar = {(v, f, s): 0.5 for v in (compare.SCRATCH, compare.MCED) for f in folds for s in (0, 1)}
+  w = str(tmp_path / "recipe")
+  _write(w, uar)
+  with open(os.path.join(w, "finetune", "table5_ensembles.csv"), "w") as f:
+    f.write(HEADER)
+    for i, fold in enumerate(folds):  # the MCED ensemble wins fold2 and fold6 only
+      for v, u in ((compare.SCRATCH, 0.7), (compare.MCED, (0.6, 0.8, 0.9)[i])):
+        f.write(f"{v} (2-seed ensemble),1.0,{fold},ensemble,-1,432,{u},{u},{u},{u},"
+                "nan,nan,nan,nan\n")
+  rows = compare.read_runs(w)
+  ens = f"{compare.MCED} (2-seed ensemble)"
+  assert compare.wins(rows, ["fold6"], ens) == {"select": (1, 2, 1, 2), "holdout": (1, 1, 1, 1)}
+  assert compare.wins(rows, ["fold6"]) == {"select": (0, 2, 0, 4), "holdout": (0, 1, 0, 2)}
+  text = compare.report([w], ["fold6"])
+  assert f"| recipe | {ens} | 0.700 ± 0.141" in text
+  assert "1/2 / 1/2 (held out: 1/1 / 1/1)" in text
+
+
 @pytest.mark.parametrize("tool", ["mced_jax.compare", "mced_jax.predict", "data_pipelines.prepare"])
 def test_help_and_bad_flags_are_answered_without_a_traceback(tool, capsys):
   main = importlib.import_module(tool).main
