@@ -252,7 +252,9 @@ def run(config, layout) -> dict | None:
     if results is None:
       return None
     order = [s.variant for s in specs]
-    ens = report.seed_ensembles(results, order) if t == "5" and f.seed_ensemble else []
+    ens = []
+    if t == "5" and f.get("seed_ensemble", True):  # configs saved before it lack the key
+      ens = report.seed_ensembles(results, order)
     order += list(dict.fromkeys(r["variant"] for r in ens))
     shown = results + ens
     rows = report.summarize(shown, order)
