@@ -13,8 +13,10 @@ cached, so an interrupted job resumes where it stopped):
 Times on 2 cores, one job alone: `real,speaker` (data 8 min, distillation ~19
 min, 36 fine-tuning runs ~50 min) ~1.3 h; a `folds5` variant that distils again
 ~20 min + 15 runs (~21 min), one that only changes fine-tuning 30 runs (~45 min).
-The best recipe, `demo,speaker,stats,ep20,pat5,spknorm`, fine-tunes the
-`demo,speaker,stats` student (run that first): 36 runs ~100 min.
+The best recipe, `demo,speaker,stats,ep20,pat5,spknorm,aug`, fine-tunes the
+`demo,speaker,stats` student (run that first; ~5-7 min to distil): 36 runs ~45 min
+on a fast 2-core machine, ~100 min on a slow one. With 3 seeds the report also
+has each variant's 3-seed ensemble (finetune.seed_ensemble).
 So the full set of variants takes hours: every stage skips finished work.
 
 The variant is a comma-separated list:
