@@ -8,9 +8,10 @@
 
 Outputs in WORKDIR/finetune: table<N>.md, table<N>_runs.csv (one row per fold x
 seed), table5_ensembles.csv (with >= 2 seeds: each variant's seeds averaged into
-one prediction per fold, extra rows), confusion_*.png, and WORKDIR/results.md with every table. Each run is cached,
-so an interrupted stage resumes with the next unfinished run, and runs shared by
-tables (e.g. Student-MCED on all data) are trained once.
+one prediction per fold, extra rows), confusion_*.png, and WORKDIR/results.md with
+every table. Each run is cached, so an interrupted stage resumes with the next
+unfinished run, and runs shared by tables (e.g. Student-MCED on all data) are
+trained once.
 """
 
 from __future__ import annotations
