@@ -323,8 +323,8 @@ def _tuple(d):
 
 
 def _conv(m, x, params, conv=conv_general_dilated, kernels="cpu_bf16"):
-  """flax 1-D nn.Conv with explicit padding on `conv` (default: the per-tap/im2col
-  bf16 kernel)."""
+  """flax 1-D nn.Conv with explicit padding on `conv` (the bf16 per-tap/im2col
+  kernel, or the fp32 tap-gradient one)."""
   padding = m.padding
   if isinstance(padding, str) or isinstance(padding, int):
     raise NotImplementedError(f"{kernels} convolution needs explicit padding pairs, got "
@@ -332,9 +332,8 @@ def _conv(m, x, params, conv=conv_general_dilated, kernels="cpu_bf16"):
   strides = m.strides if m.strides is not None else 1
   strides = (strides,) if isinstance(strides, int) else tuple(strides)
   y = conv(x.astype(m.dtype or x.dtype), params["kernel"], strides,
-                           [tuple(p) for p in padding], lhs_dilation=_tuple(m.input_dilation),
-                           rhs_dilation=_tuple(m.kernel_dilation),
-                           feature_group_count=m.feature_group_count)
+           [tuple(p) for p in padding], lhs_dilation=_tuple(m.input_dilation),
+           rhs_dilation=_tuple(m.kernel_dilation), feature_group_count=m.feature_group_count)
   return y if "bias" not in params else y + params["bias"].astype(y.dtype)
 
 
