@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 CONFIG ?= configs/mced.py
 WORKDIR ?= runs/mced
 
-.PHONY: venv run test benchmark ravdess-real clean
+.PHONY: venv run test benchmark ravdess-real evidence clean
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,19 @@ ravdess-real: venv
 	  $(PYTHON) -m mced_jax.main --config=configs/ravdess_real.py:$$v \
 	    --workdir=runs/ravdess_real/$$(echo $$v | tr , _) || exit 1; \
 	done
+
+# The pre-registered comparison (docs/experiments/protocol.md): the teacher once,
+# then every arm in its own work dir (cached and resumable), then the paired report.
+EVIDENCE_ARMS ?= mced_demo shuffled flat supervised real both mced_demo_fold
+evidence: venv
+	$(PYTHON) -m mced_jax.main --config=configs/ravdess_real.py:teacher \
+	  --workdir=runs/ravdess_real/teacher
+	for a in $(EVIDENCE_ARMS); do \
+	  $(PYTHON) -m mced_jax.main --config=configs/evidence.py:$$a \
+	    --workdir=runs/evidence/$$a || exit 1; \
+	done
+	$(PYTHON) -m mced_jax.compare $(addprefix runs/evidence/,$(EVIDENCE_ARMS)) \
+	  --reference=runs/evidence/mced_demo --out=runs/evidence/comparison.md
 
 # Two workers (the tests compile and spawn processes; one core each is the sweet
 # spot on 2 cores); a test file's tests stay on one worker (shared fixtures).

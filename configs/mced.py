@@ -138,6 +138,12 @@ def get_config(arg: str | None = None):
   c.distill.student_layers = (3, 4, 5, 6)
   c.distill.lambdas = (0.1, 0.1, 0.2, 0.3)  # paper
   c.distill.rl_weight = 1.0  # eq. 4 weights RL by 1; 0 gives the FL-only ablation
+  # What the student learns from (controls, docs/experiments): "teacher" (MCED);
+  # "shuffled" (each clip paired with another pair's transcript: the teacher's
+  # targets, logits and hidden states alike, no longer match the audio); "labels"
+  # (supervised pretraining on the pair corpus's own labels, no teacher, no FL:
+  # cross-entropy; unlabelled pairs are skipped).
+  c.distill.targets = "teacher"
   # CHOICE: temp 2 softens 5-way teacher posteriors without flattening them
   # (Hinton et al. use 1-20); the loss is scaled by temp^2 to keep gradient scale.
   c.distill.temperature = 2.0
@@ -189,6 +195,9 @@ def get_config(arg: str | None = None):
   c.data.extra_corpora = ""
   c.data.path = ""  # prepared dataset dir; "" = WORKDIR/data/<corpus>
   c.data.demo_per_class_per_voice = 12  # 5 classes x 6 voices x 12 = 360 pairs
+  # "class": a prosody preset per class; "flat": the neutral preset for every class
+  # (a control: the words still carry the class, the voice no longer does).
+  c.data.demo_prosody = "class"
   c.data.feature_dtype = "float16"  # shards hold standardised features in fp16
   c.data.min_pair_seconds = 1.5  # paper 3.1.2: pairs under 1.5 s are dropped
   c.data.min_pair_words = 2  # paper 3.1.2: one-word transcripts are dropped

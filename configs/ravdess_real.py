@@ -21,6 +21,8 @@ So the full set of variants takes hours: every stage skips finished work.
 
 The variant is a comma-separated list:
   pairs (one of):  demo  -- today's espeak-ng demo corpus + 32 LJSpeech pairs (57 min)
+                   demoflat -- the same sentences and voices, every class spoken with
+                              the neutral prosody (control), + the 32 LJSpeech pairs
                    real  -- ../shared/data/audio/pairs_real (6.8 h of read speech)
                    both  -- the two together
   ingredients:     speaker -- per-speaker standardisation, in the pairs and in
@@ -40,6 +42,10 @@ The variant is a comma-separated list:
                               better validation UAR
                    folds5  -- only folds 1-5 (choosing ingredients; fold 6 stays unseen)
                    d256    -- a d256 student (conv 256, MLP 512) instead of d128
+                   shuffled -- control: each clip distilled from another pair's
+                              transcript (every teacher target moves with it)
+                   supervised -- control: pretraining on the demo's own prosody
+                              labels (cross-entropy), no teacher
 The paper's recipe is `demo`/`real`/`both` without ingredients.
 
 Fine-tuning-only parts (ep<N>, pat<N>, aug, folds5) do not change distillation: such
@@ -66,6 +72,9 @@ REAL_MANIFESTS = [f"{PAIRS_REAL}/{d}/manifest.csv" for d in (
     "mini_librispeech", "kathleen_arctic", "ljspeech_extra", "speechocean762")]
 
 
+PAIR_SETS = ("demo", "demoflat", "real", "both")
+
+
 def _finetune_only(part: str) -> bool:
   return part in ("aug", "folds5", "spknorm") or (part[:2] == "ep" and part[2:].isdigit()) or (
       part[:3] == "pat" and part[3:].isdigit())
@@ -77,10 +86,11 @@ def get_config(arg: str | None = None):
   if parts == ["teacher"]:
     c.stages = "teacher_cls"
     return c
-  pairs = [p for p in parts if p in ("demo", "real", "both")]
+  pairs = [p for p in parts if p in PAIR_SETS]
   if len(pairs) != 1:
-    raise ValueError(f"variant {arg!r}: name one pair set (demo, real or both), or 'teacher'")
-  pairs, rest = pairs[0], [p for p in parts if p not in ("demo", "real", "both")]
+    raise ValueError(f"variant {arg!r}: name one pair set ({', '.join(PAIR_SETS)}), or "
+                     "'teacher'")
+  pairs, rest = pairs[0], [p for p in parts if p not in PAIR_SETS]
   c.stages = "data,distill,finetune"
   base = [p for p in parts if not _finetune_only(p)]
   if len(base) < len(parts):  # distilled once by the variant without these parts
@@ -96,8 +106,9 @@ def get_config(arg: str | None = None):
   c.finetune.frame_buckets = (250, 500, 1000, 1400, 1800)
   speaker = "speaker" in rest
   # Pair sets, each prepared once per normalisation.
-  if pairs == "demo":
+  if pairs in ("demo", "demoflat"):
     extra = ["ljspeech:../shared/data/audio/ljspeech_32"]
+    c.data.demo_prosody = "flat" if pairs == "demoflat" else "class"
   elif pairs == "real":
     c.data.corpus, c.data.root = "manifest", REAL_MANIFESTS[0]
     extra = [f"manifest:{m}" for m in REAL_MANIFESTS[1:]]
@@ -108,7 +119,7 @@ def get_config(arg: str | None = None):
   c.data.path = f"{RUNS}/data/pairs_{pairs}_{'speaker' if speaker else 'global'}"
   if pairs == "real":
     c.data.split = "train"  # manifests put every pair in train
-  if pairs != "demo":
+  if pairs not in ("demo", "demoflat"):
     c.data.max_pair_seconds = 18.0
     c.data.max_frames = 1800
     c.data.frame_buckets = (250, 500, 1000, 1400, 1800)
@@ -139,6 +150,12 @@ def get_config(arg: str | None = None):
       c.student.speaker_norm = True
     elif p == "folds5":
       c.finetune.max_folds = 5
+    elif p == "shuffled":
+      c.distill.targets = "shuffled"
+    elif p == "supervised":
+      if pairs not in ("demo", "demoflat"):
+        raise ValueError(f"variant {arg!r}: 'supervised' needs the demo's labels")
+      c.distill.targets = "labels"
     elif p == "d256":  # a larger student (issue 14's list): twice the width, ~3.5x the compute
       c.student.conv_channels = (256, 256, 256, 256)
       c.student.d_model, c.student.mlp_dim, c.student.classifier_hidden = 256, 512, 256

@@ -61,22 +61,42 @@ class BatchPlan:
     return self.epoch(step // self.steps_per_epoch)[step % self.steps_per_epoch]
 
 
+def derangement(n: int, seed: int) -> np.ndarray:
+  """A seeded permutation with no fixed point (one cycle through a shuffled order):
+  `out[i]` is never i, so no example keeps its own transcript."""
+  if n < 2:
+    raise ValueError(f"shuffling transcripts needs at least 2 pairs, got {n}")
+  order = np.random.default_rng(seed).permutation(n)
+  out = np.empty(n, np.int64)
+  out[order] = np.roll(order, -1)
+  return out
+
+
 class PairLoader:
   """This host's rows of every planned batch, as padded numpy arrays:
 
     features [n, T_bucket, 130] float32, frame_mask [n, T_bucket] bool,
     input_ids [n, max_tokens] int32, attention_mask [n, max_tokens] int32,
     count_truncated_frames / count_truncated_tokens: over the *global* batch.
+
+  `text_of[i]` (optional) names the record whose transcript example i carries
+  (the shuffled-target control); `labels` (optional, [N] int, -1 = none) adds a
+  `label` row per example (supervised pretraining).
   """
 
   def __init__(self, dataset, records, plan: BatchPlan, rows, max_frames: int,
-               max_tokens: int, sep_id: int = 102, num_threads: int = 4, prefetch: int = 4):
+               max_tokens: int, sep_id: int = 102, num_threads: int = 4, prefetch: int = 4,
+               text_of=None, labels=None):
     self.dataset, self.records, self.plan = dataset, list(records), plan
+    self.text_of = None if text_of is None else np.asarray(text_of)
+    self.labels = None if labels is None else np.asarray(labels, np.int32)
     self.rows = np.asarray(rows)
     self.max_frames, self.max_tokens, self.sep_id = max_frames, max_tokens, sep_id
     self.num_threads, self.prefetch = num_threads, prefetch
     self._frames = np.array([r["frames"] for r in self.records])
     self._tokens = np.array([r.get("num_tokens", 0) for r in self.records])
+    if self.text_of is not None:
+      self._tokens = self._tokens[self.text_of]
 
   def load(self, step: int) -> dict:
     bucket, ids = self.plan.at(step)
@@ -85,7 +105,8 @@ class PairLoader:
     for i in mine:
       ex = self.dataset.example(self.records[i])
       xs.append(ex.features[: self.max_frames])
-      t = ex.input_ids
+      t = ex.input_ids if self.text_of is None else (
+          self.dataset.example(self.records[self.text_of[i]]).input_ids)
       if len(t) > self.max_tokens:  # keep [SEP] last
         t = np.concatenate([t[: self.max_tokens - 1], [self.sep_id]]).astype(np.int32)
       toks.append(t)
@@ -93,10 +114,13 @@ class PairLoader:
     ids_arr = np.zeros((len(mine), self.max_tokens), np.int32)
     for r, t in enumerate(toks):
       ids_arr[r, :len(t)] = t
-    return {"features": feats, "frame_mask": fmask, "input_ids": ids_arr,
-            "attention_mask": (ids_arr > 0).astype(np.int32),
-            "count_truncated_frames": int((self._frames[ids] > self.max_frames).sum()),
-            "count_truncated_tokens": int((self._tokens[ids] > self.max_tokens).sum())}
+    out = {"features": feats, "frame_mask": fmask, "input_ids": ids_arr,
+           "attention_mask": (ids_arr > 0).astype(np.int32),
+           "count_truncated_frames": int((self._frames[ids] > self.max_frames).sum()),
+           "count_truncated_tokens": int((self._tokens[ids] > self.max_tokens).sum())}
+    if self.labels is not None:
+      out["label"] = self.labels[mine]
+    return out
 
   def iterator(self, start_step: int = 0):
     """Batches from `start_step` on; closing the generator stops the reader threads."""

@@ -72,6 +72,9 @@ PROSODY = {
     "sadness": dict(rate=120, pitch=28, range=8, volume=70),
     "anger": dict(rate=205, pitch=42, range=60, volume=170),
 }
+# "flat": every class spoken with the neutral preset -- the control in which the
+# audio no longer carries the class, only the words do (docs/experiments).
+PROSODY_MODES = ("class", "flat")
 # Variants without espeak's "breath" noise, which is not reproducible run to run.
 VOICES = ("en-us+m1", "en-us+f1", "en-us+m3", "en-us+belinda", "en-us+m7", "en-us+f4")
 SPLIT_OF_VOICE = {"en-us+m1": "train", "en-us+f1": "train", "en-us+m3": "train",
@@ -143,28 +146,38 @@ def _speak_job(j: dict) -> str:
   return j["path"]
 
 
-def generate(out_dir: str, per_class_per_voice: int = 12, seed: int = 0,
-             progress: bool = True, workers: int = 0) -> str:
-  """Writes the corpus; returns the manifest path. 5 classes x 6 voices x N."""
-  os.makedirs(os.path.join(out_dir, "wavs"), exist_ok=True)
+def jobs(per_class_per_voice: int = 12, seed: int = 0, prosody: str = "class") -> list[dict]:
+  """What `generate` speaks: id, text, label, speaker, split and espeak settings
+  per utterance. `prosody="flat"` changes the settings only (same draws, same
+  texts and voices): every class gets the neutral preset."""
+  if prosody not in PROSODY_MODES:
+    raise ValueError(f"demo prosody {prosody!r}; known: {', '.join(PROSODY_MODES)}")
   n_sent = per_class_per_voice * len(VOICES)
   texts = sentences(min(n_sent, 36))
   rng = np.random.default_rng(seed)
-  jobs = []
+  out = []
   for v_idx, voice in enumerate(VOICES):
     for c in CLASSES:
       for k in range(per_class_per_voice):
         text = texts[c][(v_idx * per_class_per_voice + k) % len(texts[c])]
-        p = PROSODY[c]
+        p = PROSODY[c if prosody == "class" else "neutral"]
         jitter = rng.normal(size=3)  # small per-utterance variation, seeded
-        jobs.append({
+        out.append({
             "id": f"{voice.replace('+', '_').replace('-', '')}_{c}_{k:02d}", "text": text,
             "label": c, "speaker": voice, "split": SPLIT_OF_VOICE[voice], "voice": voice,
             "rate": int(p["rate"] + 8 * jitter[0]),
             "pitch": int(np.clip(p["pitch"] + 4 * jitter[1], 0, 99)),
             "range": int(np.clip(p["range"] + 4 * jitter[2], 0, 99)), "volume": p["volume"]})
+  return out
+
+
+def generate(out_dir: str, per_class_per_voice: int = 12, seed: int = 0,
+             progress: bool = True, workers: int = 0, prosody: str = "class") -> str:
+  """Writes the corpus; returns the manifest path. 5 classes x 6 voices x N."""
+  jobs_ = jobs(per_class_per_voice, seed, prosody)
+  os.makedirs(os.path.join(out_dir, "wavs"), exist_ok=True)
   todo = []
-  for j in jobs:
+  for j in jobs_:
     j["path"] = os.path.join(out_dir, "wavs", j["id"] + ".wav")
     if not os.path.exists(j["path"]):
       todo.append(j)
@@ -189,7 +202,7 @@ def generate(out_dir: str, per_class_per_voice: int = 12, seed: int = 0,
   with open(manifest, "w", newline="", encoding="utf-8") as f:
     w = csv.DictWriter(f, fieldnames=["id", "audio", "text", "label", "speaker", "split"])
     w.writeheader()
-    for j in jobs:
+    for j in jobs_:
       w.writerow({"id": j["id"], "audio": f"wavs/{j['id']}.wav", "text": j["text"],
                   "label": j["label"], "speaker": j["speaker"], "split": j["split"]})
   return manifest
@@ -201,8 +214,10 @@ def main(argv) -> str:
   flags.DEFINE_string("out", "runs/demo_corpus", "output directory", flag_values=fv)
   flags.DEFINE_integer("per_class_per_voice", 12, "sentences per class and voice",
                        flag_values=fv)
+  flags.DEFINE_enum("prosody", "class", PROSODY_MODES, "class: a prosody preset per class; "
+                    "flat: the neutral preset for every class (a control)", flag_values=fv)
   fv(list(argv))
-  path = generate(fv.out, fv.per_class_per_voice)
+  path = generate(fv.out, fv.per_class_per_voice, prosody=fv.prosody)
   print(f"wrote {path}")
   return path
 

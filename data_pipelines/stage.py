@@ -35,7 +35,9 @@ def run(config, layout) -> dict:
   corpus = corpora.get(d.corpus)
   root = d.root
   if d.corpus == "demo":
-    root = demo.generate(layout.demo_corpus, d.demo_per_class_per_voice, seed=config.seed)
+    prosody = d.demo_prosody
+    root = demo.generate(layout.demo_corpus_for(prosody), d.demo_per_class_per_voice,
+                         seed=config.seed, prosody=prosody)
   elif not root:
     raise ValueError(f"data.corpus={d.corpus!r} needs --config.data.root=<corpus dir>")
   return prepare_corpus(corpus, root, layout.pairs(config),

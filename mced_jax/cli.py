@@ -24,11 +24,11 @@ def parse(fv, argv, usage: str, doc: str = "") -> list[str]:
     raise SystemExit(2) from None
 
 
-def define_report_flags(fv) -> None:
+def define_report_flags(fv, holdout_default: str = "fold6") -> None:
   """--holdout and --out, for the tools that write a markdown report over folds."""
   from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string("holdout", "fold6", "comma-separated held-out fold names (prefixes)",
-                      flag_values=fv)
+  flags.DEFINE_string("holdout", holdout_default, "comma-separated held-out fold names "
+                      "(prefixes); empty: none", flag_values=fv)
   flags.DEFINE_string("out", "", "write the report here too (markdown)", flag_values=fv)
 
 

@@ -1,17 +1,18 @@
-r"""Compare downstream recipes across work dirs, with a held-out fold kept apart.
+r"""Compare downstream recipes across work dirs with paired statistics.
 
-    python -m mced_jax.compare runs/ravdess_real/real_speaker runs/ravdess_real/both_speaker \
-        --holdout=fold6 --out=runs/ravdess_real/comparison.md
+    python -m mced_jax.compare runs/evidence/mced_demo runs/evidence/shuffled \
+        --reference=runs/evidence/mced_demo --out=comparison.md
 
 Reads each work dir's finetune/table5_runs.csv (one row per variant x fold x
 seed; with finetune/table5_ensembles.csv, the seed ensembles as extra variants)
-and writes one markdown report: per recipe and variant the test metrics as
-mean ± std over the *selection* folds (every fold but the held-out ones), the
-held-out fold on its own, the per-fold UAR, and how often Student+MCED beats
-Student−MCED of the same recipe (per fold, on the seed mean; and per paired
-fold × seed run; an ensemble against the other variant's ensemble).
-Ingredients are chosen on the selection folds; the held-out fold is reported
-untouched.
+and writes one markdown report: per recipe and variant the test metrics (mean ±
+std over folds x seeds), then every Student+MCED row minus the Student−MCED row
+of the same recipe, paired by fold and seed (mced_jax.paired): the mean
+difference with its 95 % t interval over folds, the t-test p (raw and Holm-
+adjusted over the report's comparisons), a bootstrap interval, and a sign test
+over folds; ensembles are compared ensemble against ensemble. `--reference`
+adds each recipe's Student+MCED minus the reference recipe's. `--holdout=fold6`
+keeps folds apart (the statistics use the others; the held-out UAR is shown).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from mced_jax import cli
 from mced_jax import fs
+from mced_jax import paired
 from mced_jax import protocols
 
 METRICS = ("WA", "UAR", "F1", "WF1")
@@ -58,55 +60,81 @@ def summarize(rows, holdout) -> dict:
   return out
 
 
-def wins(rows, holdout, variant: str = MCED) -> dict:
-  """`variant` (a Student+MCED row) vs the same name with Student−MCED: folds (seed
-  means) and paired runs won, on the selection folds and on the held-out ones."""
+def scores(rows, variant: str, metric: str = "UAR", holdout=(), held_out: bool = False) -> dict:
+  """{(fold, seed): test metric} of one variant, on the selection folds (or the
+  held-out ones)."""
+  return {(r["fold"], r["seed"]): float(r[f"test_{metric}"]) for r in rows
+          if r["variant"] == variant and protocols.is_held_out(r["fold"], holdout) == held_out}
+
+
+def against_scratch(rows, variant: str, metric: str = "UAR", holdout=()) -> paired.Paired:
+  """`variant` (a Student+MCED row, or its ensemble) minus the Student−MCED row of
+  the same recipe, paired by fold and seed over the selection folds."""
   other = variant.replace(MCED, SCRATCH, 1)
-  by = {(r["variant"], r["fold"], r["seed"]): float(r["test_UAR"]) for r in rows}
-  folds = list(dict.fromkeys(r["fold"] for r in rows))
-  res = {}
-  for part, keep in (("select", False), ("holdout", True)):
-    fs_ = [f for f in folds if protocols.is_held_out(f, holdout) == keep]
-    fold_wins, pair_wins, pairs = 0, 0, 0
-    for f in fs_:
-      seeds = sorted({s for (v, ff, s) in by if ff == f and v == variant})
-      m = [by.get((variant, f, s)) for s in seeds]
-      o = [by.get((other, f, s)) for s in seeds]
-      if None in m or None in o:
-        continue
-      fold_wins += np.mean(m) > np.mean(o)
-      pair_wins += sum(a > b for a, b in zip(m, o))
-      pairs += len(seeds)
-    res[part] = (int(fold_wins), len(fs_), int(pair_wins), pairs)
-  return res
+  return paired.paired(scores(rows, variant, metric, holdout), scores(rows, other, metric, holdout))
 
 
-def report(workdirs, holdout) -> str:
-  lines = [f"Held-out fold(s): {', '.join(holdout)} (not used to choose anything).", ""]
-  head = ("| recipe | model | " + " | ".join(METRICS) +
-          " | held-out UAR | +MCED > −MCED: folds / runs |")
-  lines += ["Selection folds: mean ± std over folds × seeds.", "", head,
-            "|---" * (len(METRICS) + 4) + "|"]
-  per_fold = []
+def _fmt(x: float) -> str:
+  return f"{x:+.3f}".replace("-", "−")
+
+
+def _diff_row(label: str, uar: paired.Paired, wf1: paired.Paired, p_holm: str) -> str:
+  return (f"| {label} | {_fmt(uar.mean)} [{_fmt(uar.t_low)}, {_fmt(uar.t_high)}] | "
+          f"{uar.p_t:.2g} | {p_holm} | [{_fmt(uar.boot_low)}, {_fmt(uar.boot_high)}] | "
+          f"{uar.folds_up}/{uar.folds_down} ({uar.p_sign:.2g}) | {uar.runs_up}/{uar.runs_down} | "
+          f"{_fmt(wf1.mean)} [{_fmt(wf1.t_low)}, {_fmt(wf1.t_high)}], {wf1.p_t:.2g} |")
+
+
+DIFF_HEAD = ["| comparison | ΔUAR [95 % t interval] | p (t) | p (Holm) | bootstrap 95 % | "
+             "folds +/− (sign p) | runs +/− | ΔWF1 [95 % t], p |",
+             "|---|---|---|---|---|---|---|---|"]
+
+
+def report(workdirs, holdout, reference: str | None = None) -> str:
+  held = f"Held-out fold(s): {', '.join(holdout)} (not used to choose anything)." if holdout \
+      else "All folds."
+  lines = [held, "", "Mean ± std over folds × seeds" + (" (selection folds)" if holdout else "")
+           + "; ensembles: ± over folds.", "",
+           "| recipe | model | " + " | ".join(METRICS) + " | held-out UAR | runs |",
+           "|---" * (len(METRICS) + 4) + "|"]
+  per_fold, comparisons = [], []
+  by_dir = {w: read_runs(w) for w in ([reference] if reference else []) + list(workdirs)}
   for w in workdirs:
-    rows = read_runs(w)
+    rows = by_dir[w]
     s = summarize(rows, holdout)
     name = fs.basename(w.rstrip("/"))
     for v, e in s.items():
       cells = " | ".join(f"{e['select'][m][0]:.3f} ± {e['select'][m][1]:.3f}"
                          if e["select"] else "–" for m in METRICS)
-      held = "–"
+      held_uar = "–"
       if e["holdout"]:
         mean, std, n = e["holdout"]["UAR"]
-        held = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"  # one run: no spread
-      wtxt = ""
-      if v.startswith(MCED) and v.replace(MCED, SCRATCH, 1) in s:
-        win = wins(rows, holdout, v)
-        w_sel, w_hold = win["select"], win["holdout"]
-        wtxt = (f"{w_sel[0]}/{w_sel[1]} / {w_sel[2]}/{w_sel[3]} (held out: "
-                f"{w_hold[0]}/{w_hold[1]} / {w_hold[2]}/{w_hold[3]})")
-      lines.append(f"| {name} | {v} | {cells} | {held} | {wtxt} |")
+        held_uar = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"  # one run: no spread
+      n_runs = e["select"]["UAR"][2] if e["select"] else 0
+      lines.append(f"| {name} | {v} | {cells} | {held_uar} | {n_runs} |")
       per_fold.append((name, v, e["folds"]))
+      if v.startswith(MCED) and v.replace(MCED, SCRATCH, 1) in s:
+        comparisons.append((f"{name}: {v} − {v.replace(MCED, SCRATCH, 1)}",
+                            against_scratch(rows, v, "UAR", holdout),
+                            against_scratch(rows, v, "WF1", holdout), "ensemble" in v))
+    if reference and w != reference:
+      ref_rows, ref_name = by_dir[reference], fs.basename(reference.rstrip("/"))
+      for v in s:
+        if v.startswith(MCED) and v in {r["variant"] for r in ref_rows}:
+          pair = [paired.paired(scores(rows, v, m, holdout), scores(ref_rows, v, m, holdout))
+                  for m in ("UAR", "WF1")]
+          comparisons.append((f"{name} − {ref_name}: {v}", *pair, "ensemble" in v))
+  if comparisons:
+    # Holm over the single-run comparisons of this report; ensembles are summaries
+    # of the same runs, so they are not counted again.
+    singles = [i for i, c in enumerate(comparisons) if not c[3]]
+    adj = dict(zip(singles, paired.holm([comparisons[i][1].p_t for i in singles])))
+    lines += ["", "Paired differences (same folds and seeds; the fold is the unit: seeds are "
+              "averaged within a fold, the t interval and p are over folds; Holm adjusts p "
+              "over this report's single-run comparisons; runs +/− is descriptive):", ""]
+    lines += DIFF_HEAD
+    for i, (label, uar, wf1, _) in enumerate(comparisons):
+      lines.append(_diff_row(label, uar, wf1, f"{adj[i]:.2g}" if i in adj else "–"))
   folds = list(dict.fromkeys(f for _, _, fd in per_fold for f in fd))
   lines += ["", "Test UAR per fold (mean over seeds):", "",
             "| recipe | model | " + " | ".join(folds) + " |", "|---" * (len(folds) + 2) + "|"]
@@ -119,13 +147,16 @@ def report(workdirs, holdout) -> str:
 def main(argv) -> int:
   from absl import flags  # pylint: disable=import-outside-toplevel
   fv = flags.FlagValues()
-  cli.define_report_flags(fv)
-  usage = "usage: python -m mced_jax.compare WORKDIR [WORKDIR ...] [--holdout=fold6] [--out=FILE]"
+  cli.define_report_flags(fv, holdout_default="")
+  flags.DEFINE_string("reference", "", "also compare every work dir's Student+MCED rows "
+                      "with this work dir's (paired by fold and seed)", flag_values=fv)
+  usage = ("usage: python -m mced_jax.compare WORKDIR [WORKDIR ...] [--holdout=fold6] "
+           "[--reference=WORKDIR] [--out=FILE]")
   workdirs = cli.parse(fv, argv, usage, __doc__)
   if not workdirs:
     print(usage, file=sys.stderr)
     return 2
-  return cli.emit(report(workdirs, cli.holdout(fv)), fv.out)
+  return cli.emit(report(workdirs, cli.holdout(fv), fv.reference or None), fv.out)
 
 
 if __name__ == "__main__":

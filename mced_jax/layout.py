@@ -7,6 +7,7 @@ return values instead of editing the config. The work dir may be local or a URL
   WORKDIR/
     data/<corpus>/            prepared datasets (data stage; fine-tuning corpora)
     data/demo_corpus/         the generated demo corpus (wavs + manifest)
+    data/demo_corpus_flat/    the same sentences, every class in the neutral prosody
     teacher_text/             the Teacher Text Emotion Dataset (JSONL splits)
     teacher_mlm/              stage 2: model/ (HF dir), checkpoints/, metrics
     teacher_cls/              stage 3: model/ (HF dir), results.json, confusion, ...
@@ -46,6 +47,10 @@ class Layout:
   @property
   def demo_corpus(self) -> str:
     return self.path("data", "demo_corpus")
+
+  def demo_corpus_for(self, prosody: str) -> str:
+    """The demo corpus spoken with `prosody` ("class": the default corpus)."""
+    return self.demo_corpus if prosody == "class" else self.path("data", f"demo_corpus_{prosody}")
 
   @property
   def teacher_text(self) -> str:

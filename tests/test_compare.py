@@ -1,4 +1,4 @@
-"""python -m mced_jax.compare: selection folds vs the held-out fold, wins."""
+"""python -m mced_jax.compare: paired differences, held-out folds, ensembles, a reference."""
 
 import importlib
 import os
@@ -21,48 +21,58 @@ def _write(workdir, uar):
     f.write(f"{compare.MCED} 1/2,0.5,fold1_test_1-3,0,3,216,0.1,0.1,0.1,0.1,0,0,0,0\n")
 
 
-def test_holdout_fold_is_kept_apart_and_wins_are_counted(tmp_path, capsys):
-  folds = ["fold1_test_1-3", "fold2_test_4-6", "fold6_test_16-18"]
+def test_paired_differences_with_intervals_and_a_held_out_fold(tmp_path, capsys):
+  folds = ["fold1_test_1-3", "fold2_test_4-6", "fold3_test_7-9", "fold6_test_16-18"]
   uar = {}
   for i, fold in enumerate(folds):
     for s in (0, 1):
-      uar[(compare.SCRATCH, fold, s)] = 0.5
-      # +MCED wins fold1 in both seeds, loses fold2 in both, wins the held-out fold
-      uar[(compare.MCED, fold, s)] = {0: 0.6, 1: 0.4, 2: 0.7}[i] + 0.01 * s
+      uar[(compare.SCRATCH, fold, s)] = 0.5 + 0.01 * s
+      # +MCED: +0.10, -0.05, +0.04 on the selection folds; +0.20 on the held-out one
+      uar[(compare.MCED, fold, s)] = 0.5 + 0.01 * s + (0.10, -0.05, 0.04, 0.20)[i]
   w = str(tmp_path / "real_speaker")
   _write(w, uar)
   rows = compare.read_runs(w)
   assert all(r["fraction"] == "1.0" for r in rows)  # Table-7 rows ignored
   s = compare.summarize(rows, ["fold6"])
   sel = s[compare.MCED]["select"]["UAR"]
-  assert abs(sel[0] - (0.6 + 0.61 + 0.4 + 0.41) / 4) < 1e-9 and sel[2] == 4
-  assert abs(s[compare.MCED]["holdout"]["UAR"][0] - 0.705) < 1e-9
-  assert compare.wins(rows, ["fold6"]) == {"select": (1, 2, 2, 4), "holdout": (1, 1, 2, 2)}
+  assert sel[2] == 6 and abs(s[compare.MCED]["holdout"]["UAR"][0] - 0.705) < 1e-9
+  r = compare.against_scratch(rows, compare.MCED, "UAR", ["fold6"])
+  # fold differences 0.10, -0.05, 0.04 (the held-out fold is not among them)
+  assert r.folds == 3 and abs(r.mean - 0.03) < 1e-9 and (r.folds_up, r.folds_down) == (2, 1)
+  assert r.t_low < 0 < r.t_high  # sd 0.0755 over 3 folds: the interval spans 0
   assert compare.main(["compare", w, "--holdout=fold6", f"--out={tmp_path / 'c.md'}"]) == 0
   text = open(tmp_path / "c.md").read()
-  assert "| real_speaker | Student+MCED | 0.505 ± 0.116" in text
-  assert "1/2 / 2/4 (held out: 1/1 / 2/2)" in text
+  assert f"| real_speaker | {compare.MCED} | 0.535 ± 0.068" in text
+  assert (f"| real_speaker: {compare.MCED} − {compare.SCRATCH} | +0.030 "
+          f"[{compare._fmt(r.t_low)}, {compare._fmt(r.t_high)}] | {r.p_t:.2g} |") in text
+  assert "| 2/1 (1) | 4/2 |" in text  # folds up/down (sign p), runs up/down
   assert "fold6_test_16-18" in capsys.readouterr().out
+  # without a held-out fold every fold counts
+  assert compare.against_scratch(rows, compare.MCED).folds == 4
 
 
-def test_seed_ensembles_are_extra_rows_with_their_own_wins(tmp_path):
-  folds = ["fold1_test_1-3", "fold2_test_4-6", "fold6_test_16-18"]
+def test_seed_ensembles_and_a_reference_recipe_are_compared_pairwise(tmp_path):
+  folds = ["fold1_test_1-3", "fold2_test_4-6", "fold3_test_7-9"]
   uar = {(v, f, s): 0.5 for v in (compare.SCRATCH, compare.MCED) for f in folds for s in (0, 1)}
   w = str(tmp_path / "recipe")
   _write(w, uar)
   with open(os.path.join(w, "finetune", "table5_ensembles.csv"), "w") as f:
     f.write(HEADER)
-    for i, fold in enumerate(folds):  # the MCED ensemble wins fold2 and fold6 only
+    for i, fold in enumerate(folds):
       for v, u in ((compare.SCRATCH, 0.7), (compare.MCED, (0.6, 0.8, 0.9)[i])):
         f.write(f"{v} (2-seed ensemble),1.0,{fold},ensemble,-1,432,{u},{u},{u},{u},"
                 "nan,nan,nan,nan\n")
   rows = compare.read_runs(w)
   ens = f"{compare.MCED} (2-seed ensemble)"
-  assert compare.wins(rows, ["fold6"], ens) == {"select": (1, 2, 1, 2), "holdout": (1, 1, 1, 1)}
-  assert compare.wins(rows, ["fold6"]) == {"select": (0, 2, 0, 4), "holdout": (0, 1, 0, 2)}
-  text = compare.report([w], ["fold6"])
-  assert f"| recipe | {ens} | 0.700 ± 0.141" in text
-  assert "1/2 / 1/2 (held out: 1/1 / 1/1)" in text
+  r = compare.against_scratch(rows, ens)
+  assert r.folds == 3 and r.runs == 3 and abs(r.mean - (-0.1 + 0.1 + 0.2) / 3) < 1e-9
+  assert compare.against_scratch(rows, compare.MCED).mean == 0
+  better = str(tmp_path / "better")
+  _write(better, {k: v + (0.05 if k[0] == compare.MCED else 0) for k, v in uar.items()})
+  text = compare.report([w, better], [], reference=w)
+  assert f"| recipe | {ens} | 0.767 ± 0.153" in text
+  assert f"| better − recipe: {compare.MCED} | +0.050 [+0.050, +0.050] |" in text
+  assert "| recipe: " + ens in text
 
 
 @pytest.mark.parametrize("tool", ["mced_jax.compare", "mced_jax.predict", "data_pipelines.prepare"])

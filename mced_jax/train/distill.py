@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from absl import logging
 
 from mced_jax import export as export_lib
@@ -67,6 +68,8 @@ class Distillation:
 
   def loss_fn(self, params, batch, rng, teacher_params, train: bool = True):
     d = self.config.distill
+    if d.targets == "labels":
+      return self.label_loss(params, batch, rng, train)
     t_logits, t_hidden = self.teacher.apply(teacher_params, batch["input_ids"],
                                             batch["attention_mask"])
     t_logits = jax.lax.stop_gradient(t_logits)
@@ -90,6 +93,18 @@ class Distillation:
       aux[f"fl_t{d.teacher_layers[j]}_s{d.student_layers[j]}"] = fl
     aux["fl_total"] = sum(lam * fl for lam, fl in zip(d.lambdas, fls))
     return total, aux
+
+  def label_loss(self, params, batch, rng, train: bool = True):
+    """The supervised control: cross-entropy on the pairs' own labels, no teacher."""
+    s_logits, _, _ = self.student.apply(
+        {"params": params["student"]}, batch["features"], batch["frame_mask"],
+        train=train, rngs={"dropout": rng} if train else None)
+    labels = batch["label"]
+    valid = ((labels >= 0) & batch["frame_mask"].any(-1)).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(s_logits.astype(jnp.float32),
+                                                         jnp.maximum(labels, 0))
+    loss = jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    return loss, {"loss": loss, "ce": loss, "labelled": jnp.sum(valid)}
 
   def init_params(self, rng):
     c = self.config
@@ -145,7 +160,8 @@ def train(config, layout, out_dir: str | None = None) -> kit.Result:
     per = pairs.teacher_on_pairs(dist, ds, recs, out)
     return pairs.select(recs, per, d.min_teacher_confidence)
 
-  name, feed, stats = batches(config, layout, dist.mesh, dist.teacher.config.vocab_size, select)
+  name, feed, stats = batches(config, layout, dist.mesh, dist.teacher.config.vocab_size, select,
+                              classes=pairs.class_names(dist.teacher))
   layout.save_config(out, config, teacher_dir=teacher_dir, data=name,
                      precision=dist.policy.describe(), mesh=dict(dist.mesh.shape))
   logging.info("distill: global batch %d, mesh %s, %s, source %s", d.batch_size,

@@ -94,11 +94,35 @@ def select(recs, per_utterance: dict, min_confidence: float) -> list:
   return kept
 
 
-def batches(config, layout, mesh, vocab: int, select=None):
+TARGETS = ("teacher", "shuffled", "labels")
+
+
+def label_ids(recs, classes) -> np.ndarray:
+  """Each pair's label as an index into `classes` (the teacher's), -1 when it has
+  none (e.g. LJSpeech pairs beside the demo's)."""
+  where = {c: i for i, c in enumerate(classes)}
+  bad = sorted({r["label"] for r in recs if r.get("label") and r["label"] not in where})
+  if bad:
+    raise ValueError(f"distill.targets='labels': pair labels {bad} are not among the "
+                     f"student's classes {list(classes)}")
+  out = np.array([where.get(r.get("label") or "", -1) for r in recs], np.int32)
+  if not (out >= 0).any():
+    raise ValueError("distill.targets='labels' needs labelled pairs (e.g. the demo corpus); "
+                     "these pairs have no labels")
+  return out
+
+
+def batches(config, layout, mesh, vocab: int, select=None, classes=()):
   """(source name, start_step -> iterator of global batches for this process,
   feature (mean, std) of prepared data or None). `select(ds, records)` may drop
-  prepared pairs (teacher-confidence selection)."""
+  prepared pairs (teacher-confidence selection); `classes` (the student's) map pair
+  labels for distill.targets='labels'."""
   d, b = config.data, config.distill.batch_size
+  targets = config.distill.targets
+  if targets not in TARGETS:
+    raise ValueError(f"distill.targets={targets!r}; known: {', '.join(TARGETS)}")
+  if targets != "teacher" and d.source != "prepared":
+    raise ValueError(f"distill.targets={targets!r} needs prepared pairs (data.source=prepared)")
   shd.check_batch(b, mesh)
   rows = shd.host_rows(mesh, b)
   if d.source == "synthetic":
@@ -119,11 +143,16 @@ def batches(config, layout, mesh, vocab: int, select=None):
     plan = batch_plan.BatchPlan([r["frames"] for r in recs],
                                 buckets.frame_buckets(d.frame_buckets, d.max_frames), b,
                                 config.seed)
+    text_of = batch_plan.derangement(len(recs), config.seed) if targets == "shuffled" else None
+    labels = label_ids(recs, classes) if targets == "labels" else None
     loader = batch_plan.PairLoader(ds, recs, plan, rows, d.max_frames, d.max_tokens,
-                                   num_threads=d.reader_threads)
+                                   num_threads=d.reader_threads, text_of=text_of,
+                                   labels=labels)
     name, stream, stats = f"prepared:{ds.path}:{d.split}", loader.iterator, (ds.mean, ds.std)
-    logging.info("distill: %d pairs of %s, %d steps per epoch", len(recs), ds.path,
-                 plan.steps_per_epoch)
+    if targets != "teacher":
+      name += f":{targets}"
+    logging.info("distill: %d pairs of %s, %d steps per epoch, targets: %s", len(recs), ds.path,
+                 plan.steps_per_epoch, targets)
   else:
     raise ValueError(f"unknown data.source {d.source!r}; known: synthetic, prepared")
 
