@@ -46,7 +46,7 @@ evidence: venv
 	  $(PYTHON) -m mced_jax.main --config=configs/evidence.py:$$a \
 	    --workdir=runs/evidence/$$a || exit 1; \
 	done
-	$(PYTHON) -m mced_jax.compare $(addprefix runs/evidence/,$(EVIDENCE_ARMS)) \
+	$(PYTHON) -m mced_jax.evaluation.compare $(addprefix runs/evidence/,$(EVIDENCE_ARMS)) \
 	  --reference=runs/evidence/mced_demo --out=runs/evidence/comparison.md
 
 # Two workers (the tests compile and spawn processes; one core each is the sweet

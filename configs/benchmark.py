@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
   c.benchmark.tokens = 32
   c.benchmark.warmup_steps = 2
   c.benchmark.timed_steps = 10
-  if arg == "scaling":  # python -m mced_jax.scaling measure: one device per process
+  if arg == "scaling":  # python -m mced_jax.perf.scaling measure: one device per process
     c.benchmark.dtypes = ("float32",)
     c.benchmark.warmup_steps = 1
     c.benchmark.timed_steps = 5

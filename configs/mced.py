@@ -16,16 +16,16 @@ def get_config(arg: str | None = None):
   # the student (results.md). Every stage skips or resumes finished work.
   c.stages = "data,teacher_cls,distill,finetune"
   c.seed = 0
-  # The precision policy (mced_jax/precision.py), resolved once per run:
+  # The precision policy (mced_jax/kernels/precision.py), resolved once per run:
   # "float32"; "bfloat16" (bf16 matmuls, fp32 master weights, fp32 losses/softmax);
   # "auto" = bf16 on GPU/TPU, and on a CPU only where it has bf16 units
   # (avx512_bf16/AMX) -- elsewhere XLA:CPU's bf16 ran at 0.9x fp32 -- else fp32.
   c.dtype = "auto"
-  # bf16 on a CPU runs "cpu_bf16" (models/matmul.py: fp32 activations, bf16
+  # bf16 on a CPU runs "cpu_bf16" (mced_jax/kernels: fp32 activations, bf16
   # operands with fp32 accumulation); "xla" forces XLA's own bf16 kernels there.
   c.matmul = "auto"
 
-  # Multi-host (see mced_jax/distributed.py and the README's "Scaling out").
+  # Multi-host (see mced_jax/runtime/distributed.py and the README's "Scaling out").
   c.distributed = mlc.ConfigDict()
   c.distributed.coordinator_address = ""  # "host:port" of process 0; "" = single host
   c.distributed.num_processes = 1
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
   c.distributed.timeout_s = 300
 
   # The batch is split over data x fsdp; trainable weights and Adam moments are
-  # sharded over fsdp (mced_jax/sharding.py). dcn_data > 1 spreads the data axis
+  # sharded over fsdp (mced_jax/runtime/sharding.py). dcn_data > 1 spreads the data axis
   # over that many slices/nodes (hybrid mesh); fsdp stays inside one.
   c.mesh = mlc.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by fsdp

@@ -11,7 +11,7 @@ frame counts alone:
 
 So step k has one (frame bucket, global example ids) on every host: shapes agree
 by construction, and each host reads only the rows its devices hold
-(mced_jax.sharding.host_rows). A resumed run, on any number of hosts, gets the
+(mced_jax.runtime.sharding.host_rows). A resumed run, on any number of hosts, gets the
 same stream from any step: the plan is a pure function of (seed, step).
 
 `PairLoader` reads a host's rows of each planned batch from a PreparedDataset;

@@ -26,7 +26,7 @@ class Corpus:
   read: Callable  # root -> list[Utterance]
   classes: tuple | None  # None: the labels found in the data; (): unlabelled
   pairs: bool  # unlabelled audio/transcript pairs: the pair filter applies
-  protocol: str = "split"  # default evaluation protocol (mced_jax.protocols)
+  protocol: str = "split"  # default evaluation protocol (mced_jax.evaluation.protocols)
   num_folds: int = 0
   select_metric: str = "UAR"
   licensed: bool = False  # the user places it; its root is TFDS's manual_dir

@@ -19,7 +19,7 @@ import numpy as np
 
 from data_pipelines.features import FEATURE_DIM
 from data_pipelines.records import speaker_key
-from mced_jax import fs
+from mced_jax.runtime import fs
 
 __all__ = ["FEATURE_DIM", "PreparedDataset", "Example"]
 

@@ -269,7 +269,7 @@ def _flags():
 def main(argv) -> dict:
   """argv: [program, --corpus=NAME, --root=DIR, --out=DIR, ...] (absl flag syntax)."""
   from data_pipelines import corpora  # pylint: disable=import-outside-toplevel
-  from mced_jax import cli  # pylint: disable=import-outside-toplevel
+  from mced_jax.runtime import cli# pylint: disable=import-outside-toplevel
   f = _flags()
   usage = ("usage: python -m data_pipelines.prepare --corpus=NAME --root=DIR --out=DIR "
            "[--labels=a,b] [--feature_dtype=float32] ...")

@@ -2,7 +2,7 @@
 
 Stages ask the `Layout` for paths instead of building them, and the resolvers
 return values instead of editing the config. The work dir may be local or a URL
-(mced_jax.fs).
+(mced_jax.runtime.fs).
 
   WORKDIR/
     data/<corpus>/            prepared datasets (data stage; fine-tuning corpora)
@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
-from mced_jax import fs
+from mced_jax.runtime import fs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Layout:
   def teacher_init(self, init: str, field: str) -> str:
     """A teacher stage's starting point: 'minilm', 'mlm' (this work dir's stage-2
     output) or a local BERT directory."""
-    from mced_jax.models import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
+    from mced_jax.models import teacher as teacher_lib# pylint: disable=import-outside-toplevel
     if init == "minilm":
       return teacher_lib.default_teacher_dir()
     if init == "mlm":

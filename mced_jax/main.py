@@ -37,20 +37,20 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/mced.py")
-  from mced_jax import stages  # pylint: disable=import-outside-toplevel
+  from mced_jax import stages# pylint: disable=import-outside-toplevel
   try:
     names = stages.parse(config.stages)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   import jax  # pylint: disable=import-outside-toplevel
-  from mced_jax import distributed  # pylint: disable=import-outside-toplevel
+  from mced_jax.runtime import distributed# pylint: disable=import-outside-toplevel
   from mced_jax.layout import Layout  # pylint: disable=import-outside-toplevel
   distributed.initialize(config.distributed)
   logging.info("mced_jax: %d process(es), %d device(s): %s", jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   stages.check_multihost(names)
   layout = Layout(_WORKDIR.value)
-  from mced_jax import preemption  # pylint: disable=import-outside-toplevel
+  from mced_jax.runtime import preemption# pylint: disable=import-outside-toplevel
   # One handler for the whole job: a signal between or inside stages stops the job
   # at the next safe point, and no later stage starts.
   with preemption.PreemptionGuard():

@@ -29,9 +29,9 @@ STAGES = {
                          "teacher stage 3: 5-class text emotion fine-tuning"),
     "distill": Stage("mced_jax.train.distill", "train",
                      "MCED distillation of the speech student"),
-    "finetune": Stage("mced_jax.downstream", "run",
+    "finetune": Stage("mced_jax.train.downstream", "run",
                       "downstream fine-tuning and evaluation (Tables 5-7)"),
-    "benchmark": Stage("mced_jax.benchmark", "run", "throughput of the distillation step"),
+    "benchmark": Stage("mced_jax.perf.benchmark", "run", "throughput of the distillation step"),
 }
 
 

@@ -14,10 +14,10 @@ from data_pipelines import dataset as dataset_lib
 from data_pipelines import features as F
 from data_pipelines.adapters import read_manifest
 from data_pipelines.prepare import PrepareOptions, prepare
-from mced_jax import sharding as shd
-from mced_jax.layout import Layout
-from mced_jax.train import distill
 from tests.data_pipelines.fixtures import write_wav
+from mced_jax.layout import Layout
+from mced_jax.runtime import sharding as shd
+from mced_jax.train import distill
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_benchmark_stage_writes_json_and_table(tmp_path):
                                   "ravdess_real.py:real,speaker,conf0.6,aug,ep30,pat8,folds5"])
 def test_every_config_builds_with_known_stages_and_protocols(spec):
   import importlib.util  # pylint: disable=import-outside-toplevel
-  from mced_jax import protocols  # pylint: disable=import-outside-toplevel
+  from mced_jax.evaluation import protocols# pylint: disable=import-outside-toplevel
   name, _, arg = spec.partition(":")
   path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
   mod_spec = importlib.util.spec_from_file_location(f"cfg_{name[:-3]}", path)
@@ -92,7 +92,7 @@ def test_ravdess_real_finetune_only_parts_reuse_the_base_distillation():
   assert (c.finetune.epochs, c.finetune.patience, c.finetune.max_folds) == (30, 8, 5)
   assert c.finetune.augment.time_masks == 2 and c.distill.fl_tokens == "words"
   # Every pair set fine-tunes with RAVDESS's buckets, so one Student-MCED cache serves all.
-  from mced_jax import labelled  # pylint: disable=import-outside-toplevel
+  from mced_jax.evaluation import labelled# pylint: disable=import-outside-toplevel
   demo = mod.get_config("demo,speaker")
   assert tuple(demo.data.frame_buckets) != tuple(c.data.frame_buckets)
   assert labelled.frame_buckets(demo) == labelled.frame_buckets(c) == (250, 500, 1000, 1400, 1800)

@@ -17,14 +17,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mced_jax.models import matmul as matmul_lib
+from mced_jax.models import ops
 
 Dtype = Any
 
 
 class _Kernel(nn.Module):
   """A bias-free nn.Dense's kernel alone: same parameter path (`W_k/kernel`), init
-  and values, so `matmul.dense_gelu` can take it (checkpoints are unchanged)."""
+  and values, so `ops.dense_gelu` can take it (checkpoints are unchanged)."""
 
   shape: tuple[int, int]
 
@@ -43,15 +43,15 @@ class SoftAlign(nn.Module):
     q = nn.Dense(d_t, use_bias=False, dtype=self.dtype, name="W_q")(h_teacher)
     h_s = h_student.astype(self.dtype)
     shape = (h_s.shape[-1], d_t)
-    k = matmul_lib.dense_gelu(h_s, _Kernel(shape, name="W_k")().astype(self.dtype))
-    v = matmul_lib.dense_gelu(h_s, _Kernel(shape, name="W_v")().astype(self.dtype))
+    k = ops.dense_gelu(h_s, _Kernel(shape, name="W_k")().astype(self.dtype))
+    v = ops.dense_gelu(h_s, _Kernel(shape, name="W_v")().astype(self.dtype))
     # Scores and softmax in fp32: the softmax over hundreds of frames is the one place
     # where bf16 rounding visibly changes the alignment.
-    scores = matmul_lib.einsum("btd,bsd->bts", q, k)
+    scores = ops.einsum("btd,bsd->bts", q, k)
     scores = scores / jnp.sqrt(jnp.float32(d_t))
     scores = jnp.where(student_mask[:, None, :], scores, jnp.finfo(jnp.float32).min)
     attn = jax.nn.softmax(scores, axis=-1)
-    return matmul_lib.einsum("bts,bsd->btd", attn.astype(self.dtype), v)
+    return ops.einsum("bts,bsd->btd", attn.astype(self.dtype), v)
 
 
 class SoftAlignSet(nn.Module):

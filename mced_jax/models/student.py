@@ -37,9 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mced_jax.models import matmul as matmul_lib
-from mced_jax.models.activations import gelu
-from mced_jax.models.dropout import Dropout  # hash-based mask: cheap on CPU
+from mced_jax.models import ops
+from mced_jax.models.ops import Dropout, gelu
 
 Dtype = Any
 
@@ -108,8 +107,7 @@ class EncoderLayer(nn.Module):
     h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
     qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype, name="qkv")(h)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    # jax.nn.dot_product_attention (XLA's fused kernels) except under cpu_bf16.
-    o = matmul_lib.attention(q, k, v, mask)
+    o = ops.attention(q, k, v, mask)
     o = nn.DenseGeneral(self.d_model, axis=(-2, -1), dtype=self.dtype, name="out")(o)
     o = Dropout(self.dropout)(o, deterministic=deterministic)
     x = x + o
@@ -216,7 +214,7 @@ class Student(nn.Module):
       if self.input_stats:
         pooled = jnp.concatenate(
             [pooled, pool_frames(features.astype(pooled.dtype), frame_mask, "stats")], axis=-1)
-      self.sow("intermediates", "pooled", pooled)  # the classifier's input (mced_jax.probe)
+      self.sow("intermediates", "pooled", pooled)  # the classifier's input (mced_jax.tools.probe)
     if self.speaker_norm and (group_size or pooled_stats is not None):
       # Without statistics (init, the first evaluation pass, distillation) the
       # classifier sees the raw pooled vector; its output is then not a prediction.

@@ -8,7 +8,7 @@
 * `TeacherClassifier` scores texts in bucketed batches over a mesh (evaluation,
   labelling pair manifests, confidence-based pair selection).
 * `load_teacher`, `load_classifier`, `save_hf` read and write Hugging Face
-  directories (local, or a URL through mced_jax.fs). Nothing downloads.
+  directories (local, or a URL through mced_jax.runtime.fs). Nothing downloads.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mced_jax import fs
+from mced_jax.runtime import fs
 
 
 def default_teacher_dir() -> str:
@@ -212,7 +212,7 @@ class TeacherClassifier:
   def __init__(self, module, params, tokenizer, labels, *, batch_size: int = 64,
                max_tokens: int = 64, buckets=(16, 32, 64), mesh=None, policy=None):
     from data_pipelines import buckets as buckets_lib  # pylint: disable=import-outside-toplevel
-    from mced_jax import sharding as shd  # pylint: disable=import-outside-toplevel
+    from mced_jax.runtime import sharding as shd# pylint: disable=import-outside-toplevel
     self.module, self.params, self.tok, self.labels = module, params, tokenizer, list(labels)
     self.batch_size, self.max_tokens = batch_size, max_tokens
     self.buckets = buckets_lib.token_buckets(buckets, max_tokens)
@@ -235,7 +235,7 @@ class TeacherClassifier:
 
   def _fwd(self, layers: tuple):
     if layers not in self._cache:
-      from mced_jax import sharding as shd  # pylint: disable=import-outside-toplevel
+      from mced_jax.runtime import sharding as shd# pylint: disable=import-outside-toplevel
       scope = self._scope
 
       def fwd(params, ids, mask):
@@ -249,9 +249,12 @@ class TeacherClassifier:
 
   def logits(self, texts, layers=(), clean: bool = False):
     """(logits [N, C], {layer: [len_i, H] arrays per text}) for `texts`."""
+    return self.logits_of_ids(self.tok.encode_many(texts, clean=clean), layers)
+
+  def logits_of_ids(self, ids, layers=()):
+    """The same for WordPiece id sequences ([CLS] ... [SEP]), e.g. prepared pairs."""
     from data_pipelines import buckets as buckets_lib  # pylint: disable=import-outside-toplevel
-    from mced_jax import sharding as shd  # pylint: disable=import-outside-toplevel
-    ids = self.tok.encode_many(texts, clean=clean)
+    from mced_jax.runtime import sharding as shd  # pylint: disable=import-outside-toplevel
     out = np.zeros((len(ids), len(self.labels)), np.float32)
     hidden = {m: [None] * len(ids) for m in layers}
     fwd = self._fwd(tuple(layers))
@@ -269,9 +272,12 @@ class TeacherClassifier:
             hidden[m][i] = h[r, : len(ids[i])]
     return out, hidden
 
-  def predict(self, texts, clean: bool = True) -> np.ndarray:
-    """Class probabilities [N, C]."""
-    logits, _ = self.logits(texts, clean=clean)
+  @staticmethod
+  def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+  def predict(self, texts, clean: bool = True) -> np.ndarray:
+    """Class probabilities [N, C]."""
+    return self.softmax(self.logits(texts, clean=clean)[0])
 

@@ -19,15 +19,15 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from mced_jax import export as export_lib
-from mced_jax import fs
-from mced_jax import losses
-from mced_jax import precision
-from mced_jax import sharding as shd
+from mced_jax.kernels import precision
+from mced_jax.models import export as export_lib
 from mced_jax.models import soft_align as soft_align_lib
 from mced_jax.models import student as student_lib
 from mced_jax.models import teacher as teacher_lib
+from mced_jax.runtime import fs
+from mced_jax.runtime import sharding as shd
 from mced_jax.train import kit
+from mced_jax.train import losses
 from mced_jax.train import pairs
 from mced_jax.train.pairs import batches  # the input; tests patch distill.batches
 

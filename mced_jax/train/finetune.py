@@ -5,7 +5,7 @@ A student initialised from scratch (Student-MCED) or from a distilled export
 speakers; after every epoch it is scored on the validation and test speakers, and
 the epoch with the best validation metric (UAR, or WF1 for MELD) is the run's
 result. Test scores never influence the choice. The loop, NaN guard, checkpoints
-and resume are the training kit's; mced_jax/downstream.py runs the tables.
+and resume are the training kit's; mced_jax/train/downstream.py runs the tables.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import numpy as np
 import optax
 
 from data_pipelines import buckets as buckets_lib
-from mced_jax import export as export_lib
-from mced_jax import fs
-from mced_jax import labelled
-from mced_jax import metrics as metrics_lib
-from mced_jax import precision
-from mced_jax import protocols
-from mced_jax import sharding as shd
+from mced_jax.evaluation import labelled
+from mced_jax.evaluation import metrics as metrics_lib
+from mced_jax.evaluation import protocols
+from mced_jax.kernels import precision
+from mced_jax.models import export as export_lib
 from mced_jax.models import student as student_lib
+from mced_jax.runtime import fs
+from mced_jax.runtime import sharding as shd
 from mced_jax.train import kit
 
 HEAD = ("fc_1", "fc_2")  # the classifier: always new when fine-tuning

@@ -16,7 +16,6 @@ To change the optimizer for every stage, edit `make_optimizer`; the step is
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Iterator
 
 import flax.struct
@@ -26,10 +25,11 @@ import numpy as np
 import optax
 from absl import logging
 
-from mced_jax import checkpoint as ckpt_lib
-from mced_jax import preemption
-from mced_jax import sharding as shd
-from mced_jax import writers
+from mced_jax.runtime import checkpoint as ckpt_lib
+from mced_jax.runtime import periodic
+from mced_jax.runtime import preemption
+from mced_jax.runtime import sharding as shd
+from mced_jax.runtime import writers
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -261,9 +261,12 @@ def run(name: str, *, step_fn, spec: StateSpec, batches: Callable[[int], Iterato
       logging.warning("%s: %d step(s) with NaN/Inf loss or gradient skipped so far", name, n)
       nonfinite_seen = n
 
-  # Throughput excludes compilation: the first step of every new input shape (one
-  # per length bucket) is timed on its own and logged as compile time.
-  seen, t_last, steps_since = set(), time.perf_counter(), 0
+  # Throughput excludes compilation (the first step of every new input shape, one
+  # per length bucket, is timed on its own), evaluation and checkpoints.
+  chrono = periodic.Chrono(c.examples_per_step)
+  log_due, eval_due = periodic.Every(c.log_every, end), periodic.Every(c.eval_every, c.num_steps)
+  ckpt_due = periodic.Every(c.checkpoint_every)
+  seen = set()
   status, it = "done" if end == c.num_steps else "stopped", batches(start)
   try:
     with preemption.PreemptionGuard(c.preemption_check_every) as guard:
@@ -278,52 +281,46 @@ def run(name: str, *, step_fn, spec: StateSpec, batches: Callable[[int], Iterato
         if shape not in seen:
           seen.add(shape)
           jax.block_until_ready(state)
-          pause = time.perf_counter()
-          state, aux = step_fn(state, batch, *extra)
-          jax.block_until_ready(aux)
-          took = time.perf_counter() - pause
-          logging.info("%s: compiled for input shapes %s in %.1f s", name,
-                       list(shape)[:1], took)
+          before = chrono.totals["compile"]
+          with chrono.phase("compile"):
+            state, aux = step_fn(state, batch, *extra)
+            jax.block_until_ready(aux)
+          took = chrono.totals["compile"] - before
+          logging.info("%s: compiled for input shapes %s in %.1f s", name, list(shape)[:1], took)
           writer.write(step + 1, {"compile_s": took, "compiled_shapes": len(seen)})
-          t_last = time.perf_counter() if steps_since == 0 else t_last + time.perf_counter() - pause
         else:
           state, aux = step_fn(state, batch, *extra)
-          steps_since += 1
+          chrono.step()
         for k in mean_keys:
           pending.setdefault(k, []).append(aux[k])
         done = step + 1
         if bar is not None:
           bar.update(1)
-        if done % c.log_every == 0 or done == end:
+        if log_due(done):
           scalars = {k: float(v) for k, v in jax.device_get(aux).items()}
-          now = time.perf_counter()
-          if steps_since:
-            scalars["steps_per_s"] = steps_since / (now - t_last)
-            if c.examples_per_step:
-              scalars["examples_per_s"] = scalars["steps_per_s"] * c.examples_per_step
+          scalars.update(chrono.report())
           scalars.update(counters)
-          t_last, steps_since = now, 0
           writer.write(done, scalars)
           if bar is not None:
             bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
           logging.info("%s step %d: %s", name, done,
                        " ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
           check_nonfinite(done)
-        if evaluate is not None and ((c.eval_every and done % c.eval_every == 0) or
-                                     done == c.num_steps):
-          scalars = dict(evaluate(state, done, meta, _means(pending)) or {})
+        if evaluate is not None and eval_due(done):
+          with chrono.phase("eval"):
+            scalars = dict(evaluate(state, done, meta, _means(pending)) or {})
           pending = {}
           early = bool(scalars.pop("early_stop", False))
           if scalars:
             writer.write(done, scalars)
-          t_last = time.perf_counter()  # evaluation is not training throughput
           if early:  # the evaluation says training is over (early stopping)
             meta["early_stopped_at"], status = done, "done"
             logging.info("%s: early stop at step %d", name, done)
             break
-        if c.checkpoint_every and done % c.checkpoint_every == 0:
+        if ckpt_due(done):
           check_nonfinite(done)
-          save(done)
+          with chrono.phase("checkpoint"):
+            save(done)
       final = int(jax.device_get(state.step))
       check_nonfinite(final)
       save(final, force=True)

@@ -16,24 +16,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from data_pipelines import buckets as buckets_lib
-from mced_jax import fs
-from mced_jax import sharding as shd
+from mced_jax.models import teacher as teacher_lib
+from mced_jax.runtime import fs
+from mced_jax.runtime import sharding as shd
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def teacher_probs(teacher, params, ids, batch_size: int = 64) -> np.ndarray:
-  """Softmax of the teacher's logits for each token-id sequence, [N, C]."""
-  fwd = jax.jit(lambda p, x, m: jax.nn.softmax(teacher.apply(p, x, m)[0], -1))
-  lengths = [len(x) for x in ids]
-  sizes = buckets_lib.token_buckets((16, 32, 64), max(max(lengths), 1))
-  out = np.zeros((len(ids), teacher.config.num_labels), np.float32)
-  for idx, length in buckets_lib.bucketed_batches(lengths, batch_size, sizes):
-    b = buckets_lib.pad_token_rows(ids, idx, length, batch_size)
-    probs = np.asarray(fwd(params, b["input_ids"], b["attention_mask"]))
-    out[idx] = probs[: len(idx)]
-  return out
 
 
 def class_names(teacher) -> list[str]:
@@ -66,9 +53,12 @@ def teacher_on_pairs(dist, ds, recs, out_dir: str) -> dict:
     if all(r["utt_id"] in per for r in recs):
       return {u: tuple(v) for u, v in per.items()}
   ids = [ds.example(r).input_ids for r in recs]
-  params = dist.teacher_params
-  probs = teacher_probs(dist.teacher, params, ids)
   labels = class_names(dist.teacher)
+  n = dist.mesh.size  # a batch every device of the distillation mesh shares
+  clf = teacher_lib.TeacherClassifier(
+      dist.teacher.module, dist.teacher_params, None, labels, batch_size=-(-64 // n) * n,
+      max_tokens=max(max(len(x) for x in ids), 1), mesh=dist.mesh, policy=dist.policy)
+  probs = clf.softmax(clf.logits_of_ids(ids)[0])
   report = summary(probs, labels)
   report["labels"] = labels
   report["per_utterance"] = {r["utt_id"]: [int(p.argmax()), round(float(p.max()), 5)]
@@ -126,7 +116,7 @@ def batches(config, layout, mesh, vocab: int, select=None, classes=()):
   shd.check_batch(b, mesh)
   rows = shd.host_rows(mesh, b)
   if d.source == "synthetic":
-    from mced_jax.synthetic import SyntheticPairs  # pylint: disable=import-outside-toplevel
+    from data_pipelines.synthetic import SyntheticPairs  # pylint: disable=import-outside-toplevel
     src = SyntheticPairs(b, d.max_frames, d.max_tokens,
                          vocab if config.teacher.source == "random" else 30522,
                          feature_dim=config.student.feature_dim, min_frames=d.min_frames,

@@ -23,11 +23,11 @@ from absl import logging
 
 from data_pipelines import buckets as buckets_lib
 from data_pipelines.adapters import text as text_lib
-from mced_jax import export as export_lib
-from mced_jax import fs
-from mced_jax import metrics
-from mced_jax import sharding as shd
+from mced_jax.evaluation import metrics
+from mced_jax.models import export as export_lib
 from mced_jax.models import teacher as teacher_lib
+from mced_jax.runtime import fs
+from mced_jax.runtime import sharding as shd
 from mced_jax.train import kit
 from mced_jax.train import text_setup
 

@@ -12,9 +12,9 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import buckets as buckets_lib
-from mced_jax import fs
-from mced_jax import precision
-from mced_jax import sharding as shd
+from mced_jax.kernels import precision
+from mced_jax.runtime import fs
+from mced_jax.runtime import sharding as shd
 from mced_jax.train import kit
 
 

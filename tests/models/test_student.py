@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mced_jax import precision
+from mced_jax.kernels import precision
 from mced_jax.models.student import (Student, conv_output_mask, pool_frames,
                                      speaker_pooled_stats)
 

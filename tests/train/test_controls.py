@@ -10,8 +10,8 @@ from data_pipelines.adapters import read_manifest
 from data_pipelines.dataset import PreparedDataset
 from data_pipelines.prepare import PrepareOptions, prepare
 from mced_jax.layout import Layout
+from mced_jax.runtime.writers import read_jsonl
 from mced_jax.train import distill, pairs
-from mced_jax.writers import read_jsonl
 
 
 @pytest.fixture(scope="module")

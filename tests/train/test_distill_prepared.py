@@ -7,8 +7,8 @@ from data_pipelines import demo
 from data_pipelines.adapters import read_manifest
 from data_pipelines.prepare import PrepareOptions, prepare
 from mced_jax.layout import Layout
+from mced_jax.runtime.writers import read_jsonl
 from mced_jax.train import distill
-from mced_jax.writers import read_jsonl
 
 
 def test_distill_reads_prepared_pairs_and_resumes(tmp_path, tiny_config):

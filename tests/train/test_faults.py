@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mced_jax.layout import Layout
+from mced_jax.runtime.writers import read_jsonl
 from mced_jax.train import distill
-from mced_jax.writers import read_jsonl
 from tests.train.test_resume import restore_params
 
 

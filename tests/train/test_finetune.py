@@ -12,9 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-from mced_jax import downstream, export, labelled
+from mced_jax.evaluation import labelled
 from mced_jax.layout import Layout
+from mced_jax.models import export
 from mced_jax.train import distill
+from mced_jax.train import downstream
 from mced_jax.train import finetune as ft
 from tests.helpers import write_prepared
 from tests.train.test_resume import ROOT
@@ -161,7 +163,7 @@ def test_nan_batch_is_skipped_and_the_run_completes(ft_config, monkeypatch, tmp_
   monkeypatch.setattr(labelled, "standardized", poisoned)
   corpus = labelled.load_corpus(c.finetune.data_path)
   fold = ft.protocols.make_folds(corpus.records, "speaker_kfold", 3)[0]
-  from mced_jax import sharding as shd
+  from mced_jax.runtime import sharding as shd
   r = ft.train_run(c, corpus, fold, 0, None, 1.0, shd.from_config(c.mesh),
                    str(tmp_path / "run"), export_dir=str(tmp_path / "model"))
   assert r["nonfinite_steps"] == c.finetune.epochs  # that utterance's batch, every epoch

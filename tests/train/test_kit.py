@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mced_jax import precision
-from mced_jax import sharding as shd
+from mced_jax.kernels import precision
+from mced_jax.runtime import sharding as shd
+from mced_jax.runtime.writers import MetricWriter, read_jsonl
 from mced_jax.train import kit
-from mced_jax.writers import MetricWriter, read_jsonl
 
 
 def test_schedule_warmup_then_linear_decay():

@@ -9,7 +9,7 @@ variable lengths over 4 frame buckets), every stage's multi-host path:
   * the same with 4 processes x 2 devices on a hybrid (DCN) mesh, started the way
     srun starts them (SLURM variables, jax.distributed auto-detection);
   * fine-tuning on 2 processes gives the metrics of 1 process;
-  * the classifier exported from the 2-process FSDP run loads in mced_jax.predict
+  * the classifier exported from the 2-process FSDP run loads in mced_jax.tools.predict
     and predicts what the 1-process export predicts.
 The model is the tiny test config cut to 2 teacher and 2 student layers: these
 runs are about data, hosts and shapes, and compilation dominates their time.
@@ -31,8 +31,8 @@ from data_pipelines.adapters import read_manifest
 from data_pipelines.batch_plan import BatchPlan
 from data_pipelines.dataset import PreparedDataset
 from data_pipelines.prepare import PrepareOptions, prepare
-from mced_jax.writers import read_jsonl
 from tests.data_pipelines.fixtures import write_wav
+from mced_jax.runtime.writers import read_jsonl
 from tests.train.test_resume import ROOT
 
 BUCKETS = (200, 260, 320, 400)
@@ -199,7 +199,7 @@ def test_two_processes_resumed_equal_one_and_export_predicts_the_same(prepared, 
       assert ra[k]["test"][m] == pytest.approx(rb[k]["test"][m], abs=1e-6), (k, m)
     np.testing.assert_allclose(ra[k]["test_probs"], rb[k]["test_probs"], atol=2e-4)
   # the 2-process FSDP export loads in predict and predicts like the 1-process one
-  from mced_jax import predict
+  from mced_jax.tools import predict
   wavs = [write_wav(str(tmp_path / "in" / f"c{i}.wav"), 1.2 + 0.5 * i, seed=i,
                     f0=120 + 40 * i) for i in range(3)]
   got, skipped, _ = predict.predict_paths(os.path.join(work, "finetune", "model_mced"), wavs,

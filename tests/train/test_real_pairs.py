@@ -13,8 +13,8 @@ from data_pipelines import corpora
 from data_pipelines.dataset import PreparedDataset
 from data_pipelines.stage import prepare_corpus
 from mced_jax.layout import Layout
+from mced_jax.runtime.writers import read_jsonl
 from mced_jax.train import distill
-from mced_jax.writers import read_jsonl
 from tests.conftest import SHARED_DATA, require_shared_data
 
 
@@ -79,8 +79,8 @@ def test_opus_manifest_prepares_and_distils_a_step(tmp_path, tiny_config):
 def test_word_token_mask_drops_cls_and_sep(tiny_config):
   """fl_tokens='words' changes FL: the loss differs from 'all' on the same batch."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mced_jax import sharding as shd  # pylint: disable=import-outside-toplevel
-  from mced_jax.synthetic import SyntheticPairs  # pylint: disable=import-outside-toplevel
+  from mced_jax.runtime import sharding as shd# pylint: disable=import-outside-toplevel
+  from data_pipelines.synthetic import SyntheticPairs  # pylint: disable=import-outside-toplevel
   out = {}
   for mode in ("all", "words"):
     with tiny_config.unlocked():

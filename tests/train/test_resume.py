@@ -10,8 +10,8 @@ import time
 import jax
 import numpy as np
 
-from mced_jax import checkpoint as ckpt_lib
-from mced_jax.writers import read_jsonl
+from mced_jax.runtime import checkpoint as ckpt_lib
+from mced_jax.runtime.writers import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -129,7 +129,7 @@ def test_gather_masked_positions():
 def test_teacher_inference_cli_labels_and_filters(tiny_bert_dir, tmp_path):
   from transformers import FlaxBertForSequenceClassification
   import shutil
-  from mced_jax import teacher_infer
+  from mced_jax.tools import teacher_infer
   d = tmp_path / "cls"
   m = FlaxBertForSequenceClassification.from_pretrained(
       tiny_bert_dir, num_labels=5, id2label=dict(enumerate(teacher_cls.CLASSES)),

@@ -9,11 +9,11 @@ import pytest
 
 from data_pipelines.adapters import (read_iemocap, read_ljspeech, read_manifest, read_meld,
                                      read_ravdess)
-from mced_jax import protocols
 from data_pipelines.adapters import ravdess as ravdess_lib
 from data_pipelines.adapters import text as text_lib
-from tests.conftest import SHARED_DATA, require_shared_data
 from tests.data_pipelines.fixtures import write_wav
+from mced_jax.evaluation import protocols
+from tests.conftest import SHARED_DATA, require_shared_data
 
 IEMOCAP_EMOS = ["neu", "hap", "exc", "ang", "sad", "fru", "xxx"]
 
