@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 CONFIG ?= configs/mced.py
 WORKDIR ?= runs/mced
 
-.PHONY: venv run test benchmark ravdess-real evidence clean
+.PHONY: venv run test benchmark bench-input ravdess-real evidence clean
 
 venv: $(VENV)/.installed
 
@@ -24,7 +24,11 @@ run: venv
 benchmark: venv
 	$(PYTHON) -m mced_jax.main --config=configs/benchmark.py --workdir=runs/benchmark
 
-# Issue 14's RAVDESS experiment (configs/ravdess_real.py): the teacher once, then
+# The input pipeline at paper shapes (1 and 2 cores) and the plan of a 10 M-pair index.
+bench-input: venv
+	$(PYTHON) -m data_pipelines.bench_input --out=runs/bench_input
+
+# The exploratory RAVDESS variants (configs/ravdess_real.py): the teacher once, then
 # each variant in its own work dir; every stage and fine-tuning run is cached, so
 # re-running continues where it stopped. Hours on 2 cores (README, RAVDESS).
 RAVDESS_VARIANTS ?= demo real both real,speaker both,speaker

@@ -209,9 +209,27 @@ def get_config(arg: str | None = None):
   c.data.normalize = "global"
   c.data.split = "train"
   # CHOICE: 3 static frame buckets bound recompilation to 3 shapes while padding
-  # wastes < 2x on short clips.
+  # wastes < 2x on short clips. Fixed at preparation (each bucket is a part of the
+  # prepared dataset); training pads to the prepared buckets.
   c.data.frame_buckets = (250, 500, 1000)
-  c.data.reader_threads = 4  # grain threads reading a host's rows ahead of the step
+  # Shard format written by the data stage: "array_record" (random access, local
+  # disks), "tfrecord" (tf.data streams it, also from gs://), "auto" (tfrecord when
+  # data.path is a URL). Reading detects the format of the prepared dataset.
+  c.data.format = "auto"
+  # Shards per (split, frame bucket) part: the plan's *slots*. A step takes
+  # distill.batch_size / num_shards examples from each slot, and each host reads
+  # only its slots' files, so use a multiple of the host count (and a divisor of
+  # the global batch). CHOICE: 8 (a v5p-32 or 4 GPU nodes read 1/4 or 1/8 each).
+  c.data.num_shards = 8
+  # Preparation's feature extraction: "pool" (processes on this machine) or "beam"
+  # (Apache Beam: every local core, or a cluster through data.beam_options).
+  c.data.engine = "pool"
+  c.data.beam_options = ""
+  # "auto": tf.data for TFRecords where tf.data can open them (local, gs://, ram://),
+  # random access otherwise (ArrayRecord; TFRecord parts held in memory).
+  c.data.reader = "auto"
+  c.data.shuffle_buffer = 2048  # tf.data: examples shuffled per slot and bucket stream
+  c.data.reader_threads = 4  # threads reading a host's rows ahead of the step
   # CHOICE: 10 s of audio (1000 frames at 100/s) and 64 WordPieces cover >95 % of
   # movie-subtitle utterances; longer ones are truncated.
   c.data.max_frames = 1000

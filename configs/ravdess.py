@@ -54,7 +54,7 @@ def get_config(arg: str | None = None):
   c.finetune.epochs = 10
   c.finetune.learning_rate = 1e-3  # CHOICE: d128 students; 2e-4 under-fits in 10 epochs
   c.finetune.reference = {
-      "name": "SVM on ComParE functionals (issue reference)",
+      "name": "SVM on ComParE functionals (external reference)",
       "WA": 0.633, "UAR": 0.628, "WF1": 0.632}
   if arg == "ablations":
     c.stages = "finetune"

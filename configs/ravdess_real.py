@@ -1,4 +1,4 @@
-"""RAVDESS from real distillation pairs (issue 14): pair sets and recipe ingredients.
+"""RAVDESS from real distillation pairs: pair sets and recipe ingredients (exploratory).
 
 Run from the repository root; every variant has its own work dir under
 runs/ravdess_real/ and shares the teacher, the prepared pair sets and the prepared
@@ -156,7 +156,7 @@ def get_config(arg: str | None = None):
       if pairs not in ("demo", "demoflat"):
         raise ValueError(f"variant {arg!r}: 'supervised' needs the demo's labels")
       c.distill.targets = "labels"
-    elif p == "d256":  # a larger student (issue 14's list): twice the width, ~3.5x the compute
+    elif p == "d256":  # a larger student: twice the width, ~3.5x the compute
       c.student.conv_channels = (256, 256, 256, 256)
       c.student.d_model, c.student.mlp_dim, c.student.classifier_hidden = 256, 512, 256
     else:

@@ -32,16 +32,25 @@ class BadAudio(ValueError):
 
 def load_audio(path: str, target_sr: int = SAMPLE_RATE) -> np.ndarray:
   """Reads any soundfile-readable file (wav, flac, ogg, mp3 ...) or, through ffmpeg,
-  a video/audio container (mp4, m4a); returns float32 mono at `target_sr`."""
-  if not os.path.exists(path):
+  a video/audio container (mp4, m4a); returns float32 mono at `target_sr`. A URL
+  (gs://, ...) is read through mced_jax.runtime.fs (Beam workers read corpora in
+  buckets)."""
+  from mced_jax.runtime import fs  # pylint: disable=import-outside-toplevel
+  url = fs.is_url(path) and not fs.is_local(path)
+  if not (fs.exists(path) if url else os.path.exists(path)):
     raise BadAudio(f"{path}: file not found")
   ext = os.path.splitext(path)[1].lower()
   if ext in (".mp4", ".m4a", ".mkv", ".avi", ".webm", ".aac"):
+    if url:
+      raise BadAudio(f"{path}: containers at a URL are not decoded; copy them locally or "
+                     "convert them to an audio format first")
     signal, sr = _decode_with_ffmpeg(path, target_sr)
   else:
+    import io  # pylint: disable=import-outside-toplevel
     import soundfile as sf  # pylint: disable=import-outside-toplevel
     try:
-      signal, sr = sf.read(path, dtype="float32", always_2d=True)
+      source = io.BytesIO(fs.read_bytes(path)) if url else path
+      signal, sr = sf.read(source, dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001 - libsndfile raises several types
       raise BadAudio(f"{path}: unreadable audio ({type(e).__name__}: {e})") from e
     signal = signal.mean(axis=1)  # mixdown to mono
@@ -187,8 +196,19 @@ def _extract_one(job):
 
 
 def feature_path(cache_dir: str, utt_id: str) -> str:
+  from mced_jax.runtime import fs  # pylint: disable=import-outside-toplevel
   safe = utt_id.replace("/", "__")
-  return os.path.join(cache_dir, safe + ".npy")
+  return fs.join(cache_dir, safe + ".npy")
+
+
+def load_cached(cache_dir: str, utt_id: str) -> np.ndarray:
+  """A cached utterance's features (the cache may be at a URL)."""
+  path = feature_path(cache_dir, utt_id)
+  from mced_jax.runtime import fs  # pylint: disable=import-outside-toplevel
+  if fs.is_url(path) and not fs.is_local(path):
+    import io  # pylint: disable=import-outside-toplevel
+    return np.load(io.BytesIO(fs.read_bytes(path)))
+  return np.load(path)
 
 
 DURATIONS = "durations.jsonl"  # utt_id -> audio seconds of the cached features

@@ -21,6 +21,13 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 import pytest  # noqa: E402
 
+# openSMILE's native library aborts when first loaded after TensorFlow's
+# (data_pipelines/tf_compat.py); tests that read TensorBoard events with TensorFlow
+# and tests that extract features may share a worker process.
+from data_pipelines import tf_compat  # noqa: E402
+
+tf_compat.opensmile_first()
+
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 

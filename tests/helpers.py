@@ -20,46 +20,46 @@ def pad_batch(batch: dict, extra_frames: int, extra_tokens: int, rng=None) -> di
 
 def write_prepared(root: str, examples, classes=(), name: str = "fixture",
                    stats: str = "raw") -> str:
-  """A prepared dataset (the `data_pipelines.prepare` layout, TFDS ArrayRecord
-  shards) from in-memory examples, without audio: dicts with utt_id, features
-  [T, 130] (raw), input_ids, and optional label / speaker / split / session / text.
-  `stats="raw"` stores float32 raw features (as labelled corpora are prepared)."""
+  """A prepared dataset from in-memory examples, without audio: dicts with utt_id,
+  features [T, 130] (raw), and optional label / speaker / split / session / text.
+  The features go into the preparation's feature cache, which
+  `data_pipelines.prepare` then takes as already extracted. `stats="raw"` stores
+  float32 raw features (as labelled corpora are prepared)."""
   import json
   import os
 
-  import tensorflow_datasets as tfds
-
   from data_pipelines import features as F
-  from data_pipelines.builders.pairs import MCEDPairs, PairsConfig
-  from data_pipelines.records import Utterance, by_split
+  from data_pipelines.prepare import PrepareOptions, prepare
+  from data_pipelines.records import Utterance
   cache = os.path.join(root, "features")
   os.makedirs(cache, exist_ok=True)
-  utts, tokens = [], {}
-  for ex in examples:
-    np.save(F.feature_path(cache, ex["utt_id"]), np.asarray(ex["features"], np.float32))
-    tokens[ex["utt_id"]] = np.asarray(ex.get("input_ids", [101, 102]), np.int32)
-    utts.append(Utterance(utt_id=ex["utt_id"], audio_path=f"/nowhere/{ex['utt_id']}.wav",
-                          text=ex.get("text", ""), label=ex.get("label"),
-                          speaker=ex.get("speaker", ""), split=ex.get("split", "train"),
-                          session=ex.get("session", ex.get("speaker", ""))))
-  x = np.concatenate([np.asarray(e["features"], np.float64) for e in examples
-                      if e.get("split", "train") == "train"])
-  mean, std = x.mean(0), np.where(x.std(0) < 1e-6, 1.0, x.std(0))
-  normalized = stats != "raw"
-  cfg = PairsConfig(name=name, label_names=tuple(classes),
-                    feature_dtype="float16" if normalized else "float32")
-  MCEDPairs(records_by_split=by_split(utts), cache_dir=cache, tokens_by_id=tokens,
-            normalize=(mean, std) if normalized else None,
-            data_dir=os.path.join(root, "tfds"), config=cfg,
-            file_format="array_record").download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  with open(os.path.join(root, "records.jsonl"), "w", encoding="utf-8") as f:
-    for u, ex in zip(utts, examples):
-      f.write(json.dumps(dict(vars(u), frames=len(ex["features"]),
-                              num_tokens=len(tokens[u.utt_id]))) + "\n")
-  with open(os.path.join(root, "feature_stats.json"), "w", encoding="utf-8") as f:
-    json.dump({"mean": mean.tolist(), "std": std.tolist(),
-               "stored": "normalized" if normalized else "raw"}, f)
-  with open(os.path.join(root, "report.json"), "w", encoding="utf-8") as f:
-    json.dump({"name": name, "labels": {c: 0 for c in classes} or None}, f)
+  utts = []
+  with open(os.path.join(cache, F.DURATIONS), "w", encoding="utf-8") as log:
+    for ex in examples:
+      x = np.asarray(ex["features"], np.float32)
+      np.save(F.feature_path(cache, ex["utt_id"]), x)
+      log.write(json.dumps({"utt_id": ex["utt_id"], "seconds": len(x) / 100}) + "\n")
+      utts.append(Utterance(utt_id=ex["utt_id"], audio_path=f"/nowhere/{ex['utt_id']}.wav",
+                            text=ex.get("text", ""), label=ex.get("label"),
+                            speaker=ex.get("speaker", ""), split=ex.get("split", "train"),
+                            session=ex.get("session", ex.get("speaker", ""))))
+  prepare(utts, root, PrepareOptions(
+      name=name, label_names=tuple(classes), require_text=False, num_workers=1,
+      progress=False, feature_dtype="float32" if stats == "raw" else "float16",
+      file_format="array_record", frame_buckets=(), max_frames=1000))
   return root
+
+
+def tiny_bert_dir(out: str) -> str:
+  """A tiny random BERT (2 layers, hidden 32) with the real WordPiece vocabulary,
+  saved as a Hugging Face directory: a fast teacher_mlm / teacher_cls init."""
+  import os
+
+  from transformers import BertConfig, FlaxBertModel
+
+  from mced_jax.models import teacher
+  cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64, max_position_embeddings=64)
+  teacher.save_hf(FlaxBertModel, cfg, FlaxBertModel(cfg, seed=0).params, out,
+                  os.path.join(teacher.default_teacher_dir(), "vocab.txt"))
+  return out

@@ -2,7 +2,6 @@
 "Bad input" table lists these tests)."""
 
 import csv
-import glob
 import os
 
 import numpy as np
@@ -33,18 +32,21 @@ def small_corpus(tmp_path_factory):
     w.writerows(rows)
   out = str(root / "prepared")
   prepare(read_manifest(str(root / "m.csv")), out,
-          PrepareOptions(name="small", num_workers=1, progress=False))
+          PrepareOptions(name="small", num_workers=1, progress=False, num_shards=1,
+                         frame_buckets=(150,), max_frames=150))
   return out
 
 
 def test_over_long_inputs_are_truncated_and_flagged(small_corpus):
   ds = dataset_lib.PreparedDataset(small_corpus)
-  recs = ds.select("train")
-  plan = batch_plan.BatchPlan([r["frames"] for r in recs], (150,), 6)
-  b = batch_plan.PairLoader(ds, recs, plan, np.arange(6), max_frames=150,
+  rows_of = ds.index.rows_of("train")
+  ix = ds.index
+  plan = batch_plan.BatchPlan(ix.shard[rows_of], ix.bucket[rows_of], ix.buckets, 1, 6,
+                              max_frames=150)
+  b = batch_plan.PairLoader(ds, rows_of, plan, np.arange(6), max_frames=150,
                             max_tokens=12).load(0)
   assert b["features"].shape == (6, 150, 130) and b["input_ids"].shape == (6, 12)
-  frames = np.array([r["frames"] for r in recs])
+  frames = ix.frames[rows_of]
   assert b["count_truncated_frames"] == (frames > 150).sum() >= 3  # clips over 1.5 s
   # 5 of the 6 transcripts exceed 12 WordPieces (the 7-word one has 9 with [CLS]/[SEP])
   assert b["count_truncated_tokens"] == 5
@@ -57,7 +59,8 @@ def test_corrupt_shard_is_a_clear_error(small_corpus, tmp_path):
   import shutil
   bad = str(tmp_path / "bad")
   shutil.copytree(small_corpus, bad)
-  shard = glob.glob(os.path.join(dataset_lib._tfds_dir(bad), "*.array_record*"))[0]  # pylint: disable=protected-access
+  ds = dataset_lib.PreparedDataset(bad)
+  shard = ds.part_files(sorted(ds.report["part_dirs"])[0])[0]
   with open(shard, "r+b") as f:
     f.truncate(os.path.getsize(shard) // 2)
   ds = dataset_lib.PreparedDataset(bad)
@@ -71,8 +74,8 @@ def test_missing_prepared_dataset_is_a_clear_error(tmp_path):
     dataset_lib.PreparedDataset(str(tmp_path))
   (tmp_path / "records.jsonl").write_text("")
   (tmp_path / "feature_stats.json").write_text('{"mean": [0], "std": [1]}')
-  with pytest.raises(FileNotFoundError, match="no prepared dataset"):
-    dataset_lib.PreparedDataset(str(tmp_path)).example({"split": "train", "index": 0})
+  with pytest.raises(ValueError, match="prepared by an older mced_jax"):
+    dataset_lib.PreparedDataset(str(tmp_path))
 
 
 def test_nan_and_wrong_width_features_are_rejected(tmp_path):

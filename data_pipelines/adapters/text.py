@@ -129,13 +129,13 @@ def counts_table(data) -> str:
 
 
 def write_jsonl(data, out_dir: str) -> None:
-  os.makedirs(out_dir, exist_ok=True)
-  for s, rows in data.items():
-    with open(os.path.join(out_dir, f"{s}.jsonl"), "w", encoding="utf-8") as f:
-      for text, label in rows:
-        f.write(json.dumps({"text": text, "label": label}) + "\n")
-  with open(os.path.join(out_dir, "counts.md"), "w", encoding="utf-8") as f:
-    f.write(counts_table(data) + "\n")
+  """The splits as JSONL (a local directory or a URL: through mced_jax.runtime.fs);
+  train.jsonl last, since its presence marks the dataset complete."""
+  from mced_jax.runtime import fs  # pylint: disable=import-outside-toplevel
+  fs.write_text(fs.join(out_dir, "counts.md"), counts_table(data) + "\n")
+  for s in sorted(data, key=lambda k: k == "train"):
+    fs.write_text(fs.join(out_dir, f"{s}.jsonl"), "".join(
+        json.dumps({"text": text, "label": label}) + "\n" for text, label in data[s]))
 
 
 def read_lines(paths, min_words: int = 1) -> list[str]:
@@ -158,8 +158,9 @@ MELD_TO_TEACHER = {"neutral": "neutral", "joy": "happiness", "surprise": "surpri
 def demo_text_splits(manifest: str, out_dir: str) -> None:
   """train/validation/test.jsonl from the demo corpus's labelled transcripts."""
   import csv  # pylint: disable=import-outside-toplevel
-  with open(manifest, encoding="utf-8", newline="") as f:
-    rows = list(csv.DictReader(f))
+  import io  # pylint: disable=import-outside-toplevel
+  from mced_jax.runtime import fs  # pylint: disable=import-outside-toplevel
+  rows = list(csv.DictReader(io.StringIO(fs.read_text(manifest), newline="")))
   write_jsonl({s: [(r["text"], r["label"]) for r in rows
                    if r["split"] == s and r["label"] in CLASSES] for s in SPLITS}, out_dir)
 
@@ -168,10 +169,11 @@ def ensure_teacher_text(out_dir: str, xed_dir: str, el_dir: str, seed: int,
                         demo_manifest: str | None = None) -> str:
   """The Teacher Text Emotion Dataset as JSONL in out_dir (built once); without the
   shared text corpora, the demo corpus's own transcripts (a plumbing demo)."""
-  if os.path.exists(os.path.join(out_dir, "train.jsonl")):
+  from mced_jax.runtime import fs  # pylint: disable=import-outside-toplevel
+  if fs.exists(fs.join(out_dir, "train.jsonl")):
     return out_dir
   missing = [p for p in (xed_dir, el_dir) if not os.path.isdir(p)]
-  if missing and demo_manifest and os.path.exists(demo_manifest):
+  if missing and demo_manifest and fs.exists(demo_manifest):
     from absl import logging  # pylint: disable=import-outside-toplevel
     logging.warning("teacher text: %s not found; using the demo corpus's own transcripts "
                     "instead (a plumbing demo)", missing)
@@ -187,21 +189,21 @@ def ensure_teacher_text(out_dir: str, xed_dir: str, el_dir: str, seed: int,
 def read_splits(data_dir: str, max_train: int = 0, max_eval: int = 0, seed: int = 0) -> dict:
   """{split: (texts, label ids)} from train/validation/test.jsonl; a positive cap
   keeps a seeded random subset (the files are sorted by text)."""
+  from mced_jax.runtime import fs  # pylint: disable=import-outside-toplevel
   out = {}
   for split in SPLITS:
-    path = os.path.join(data_dir, f"{split}.jsonl")
-    if not os.path.exists(path):
+    path = fs.join(data_dir, f"{split}.jsonl")
+    if not fs.exists(path):
       raise FileNotFoundError(f"{path} not found (expected train/validation/test.jsonl)")
     texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-      for i, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        row = json.loads(line)
-        if row["label"] not in CLASSES:
-          raise ValueError(f"{path}:{i}: unknown label {row['label']!r}")
-        texts.append(row["text"])
-        labels.append(CLASSES.index(row["label"]))
+    for i, line in enumerate(fs.read_text(path).splitlines(), 1):
+      if not line.strip():
+        continue
+      row = json.loads(line)
+      if row["label"] not in CLASSES:
+        raise ValueError(f"{path}:{i}: unknown label {row['label']!r}")
+      texts.append(row["text"])
+      labels.append(CLASSES.index(row["label"]))
     cap = max_train if split == "train" else max_eval
     if 0 < cap < len(texts):
       keep = np.sort(np.random.default_rng(seed).permutation(len(texts))[:cap])

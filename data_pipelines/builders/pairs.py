@@ -3,7 +3,10 @@
 One builder class serves every corpus; the corpus is a BuilderConfig whose name is
 the corpus name, so data lands in `<data_dir>/mced_pairs/<corpus>/1.0.0/`. The
 examples come from already extracted feature caches (see features.py), so building
-the TFRecords is cheap and deterministic (TFDS orders examples by key hash).
+the shards (TFRecord or ArrayRecord) is cheap and deterministic. Each TFDS split is
+one *part*: one frame bucket of one split (data_pipelines/index.py), written in
+the order given (shuffling off) into `num_shards` shards; every example carries
+its `row` in records.jsonl.
 """
 
 from __future__ import annotations
@@ -11,9 +14,28 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow_datasets as tfds
+from data_pipelines import tf_compat
+
+tfds = tf_compat.tfds()
 
 from data_pipelines import features as feat_lib
+
+
+def features_dict(label_names=(), feature_dtype: str = "float16"):
+  """The example features, shared by the writer and the readers."""
+  dtype = {"float16": np.float16, "float32": np.float32}[feature_dtype]
+  feats = {
+      "row": tfds.features.Scalar(dtype=np.int64),
+      "acoustic": tfds.features.Tensor(shape=(None, feat_lib.FEATURE_DIM), dtype=dtype),
+      "input_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      "speaker": tfds.features.Text(),
+      "utt_id": tfds.features.Text(),
+      "duration": tfds.features.Scalar(dtype=np.float32),
+      "transcript": tfds.features.Text(),
+  }
+  if label_names:
+    feats["label"] = tfds.features.ClassLabel(names=list(label_names))
+  return tfds.features.FeaturesDict(feats)
 
 
 @dataclasses.dataclass(eq=False)
@@ -35,45 +57,34 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
   folders (train_splits, dev_splits_complete, output_repeated_splits_test) as --root.
   """
 
-  def __init__(self, *, records_by_split=None, cache_dir=None, tokens_by_id=None,
+  def __init__(self, *, records_by_part=None, cache_dir=None, tokens_by_id=None,
                normalize=None, **kwargs):
     # Inputs for generation; absent when the builder only reads prepared data.
+    # `records_by_part`: part name -> [(row, Utterance)] in write order.
     # `normalize`: utt_id -> (mean, std) standardises features before storage
     # (float16); one pair for all utterances, or each speaker's own.
     self._normalize = normalize
-    self._records_by_split = records_by_split or {}
+    self._records_by_part = records_by_part or {}
     self._cache_dir = cache_dir
     self._tokens = tokens_by_id or {}
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
-    dtype = {"float16": np.float16, "float32": np.float32}[cfg.feature_dtype]
-    feats = {
-        "acoustic": tfds.features.Tensor(shape=(None, feat_lib.FEATURE_DIM), dtype=dtype),
-        "input_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-        "speaker": tfds.features.Text(),
-        "utt_id": tfds.features.Text(),
-        "duration": tfds.features.Scalar(dtype=np.float32),
-        "transcript": tfds.features.Text(),
-    }
-    if cfg.label_names:
-      feats["label"] = tfds.features.ClassLabel(names=list(cfg.label_names))
     return tfds.core.DatasetInfo(builder=self, description=cfg.description, disable_shuffling=True,
-                                 features=tfds.features.FeaturesDict(feats))
+                                 features=features_dict(cfg.label_names, cfg.feature_dtype))
 
   def _split_generators(self, dl_manager):
     # Licensed corpora are prepared from the user's manual_dir (checked here so a
     # wrong path fails with TFDS's instructions); the others need no download.
     if self.builder_config.manual:
       _ = dl_manager.manual_dir
-    return {split: self._generate_examples(recs)
-            for split, recs in self._records_by_split.items()}
+    return {part: self._generate_examples(recs) for part, recs in self._records_by_part.items()}
 
   def _generate_examples(self, records):
     cfg = self.builder_config
-    for r in records:
-      x = np.load(feat_lib.feature_path(self._cache_dir, r.utt_id))
+    for row, r in records:
+      x = feat_lib.load_cached(self._cache_dir, r.utt_id)
       if self._normalize is None:
         stored = x
       else:
@@ -83,6 +94,7 @@ class MCEDPairs(tfds.core.GeneratorBasedBuilder):
       if not np.isfinite(stored).all():
         raise ValueError(f"{r.audio_path}: features overflow {cfg.feature_dtype} storage")
       ex = {
+          "row": np.int64(row),
           "acoustic": stored,
           "input_ids": self._tokens[r.utt_id],
           "speaker": r.speaker,

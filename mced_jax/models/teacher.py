@@ -55,7 +55,7 @@ def check_hf_dir(path: str, what: str = "teacher directory") -> str:
   return path
 
 
-def _local_copy(path: str) -> str:
+def local_dir(path: str) -> str:
   """transformers reads local directories only: a URL is copied to a temp dir."""
   if fs.is_local(path):
     return path
@@ -67,13 +67,19 @@ def _local_copy(path: str) -> str:
 # ---------------------------------------------------------------- the one call
 def _masked_lm_logits(mdl, ids, mask, token_types, positions, gather, deterministic):
   """Encoder over all tokens, MLM head only at `gather` positions ([B, K]): the
-  30522-way projection is most of an MLM step's cost otherwise."""
+  30522-way projection is most of an MLM step's cost otherwise. A head tied to the
+  word embeddings multiplies by them directly (one einsum, not a Dense layer
+  handed the transposed table: XLA:CPU cannot run the bf16 gradient dot that
+  layer's transpose fuses into)."""
   hidden = mdl.bert(ids, mask, token_types, positions, None, deterministic=deterministic,
                     return_dict=True)[0]
   hidden = jnp.take_along_axis(hidden, gather[..., None], axis=1)
-  shared = (mdl.bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-            if mdl.config.tie_word_embeddings else None)
-  return mdl.cls(hidden, shared_embedding=shared)
+  if not mdl.config.tie_word_embeddings:
+    return mdl.cls(hidden)
+  pred = mdl.cls.predictions
+  h = pred.transform(hidden)
+  table = mdl.bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+  return jnp.einsum("bkd,vd->bkv", h, table.astype(h.dtype)) + jnp.asarray(pred.bias, h.dtype)
 
 
 def bert_apply(module, params, input_ids, attention_mask, *, train: bool = False, rng=None,
@@ -150,7 +156,7 @@ def load_teacher(cfg, path: str | None = None, dtype=jnp.float32, seed: int = 0)
     return Teacher(model.module, _random_params(model.module, seed), bert_cfg)
   check_hf_dir(path)
   model = FlaxBertForSequenceClassification.from_pretrained(
-      _local_copy(path), num_labels=cfg.num_labels, dtype=dtype, local_files_only=True,
+      local_dir(path), num_labels=cfg.num_labels, dtype=dtype, local_files_only=True,
       seed=seed)
   if model.config.num_labels != cfg.num_labels:
     raise ValueError(f"teacher at {path} has {model.config.num_labels} labels, "
@@ -176,7 +182,7 @@ def _random_params(module, seed):
 def load_hf(model_cls, path: str, **kwargs):
   """`model_cls.from_pretrained` on a local or URL directory, offline."""
   check_hf_dir(path, "model directory")
-  return model_cls.from_pretrained(_local_copy(path), local_files_only=True, **kwargs)
+  return model_cls.from_pretrained(local_dir(path), local_files_only=True, **kwargs)
 
 
 def save_hf(model_cls, bert_config, params, out_dir: str, vocab_path: str) -> None:
@@ -228,7 +234,7 @@ class TeacherClassifier:
     from data_pipelines.tokenize import WordPiece  # pylint: disable=import-outside-toplevel
     model = load_hf(FlaxBertForSequenceClassification, path)
     cfg = model.config
-    tok = WordPiece(os.path.join(_local_copy(path), "vocab.txt"),
+    tok = WordPiece(os.path.join(local_dir(path), "vocab.txt"),
                     max_tokens=kwargs.get("max_tokens", 64))
     return cls(model.module, model.params, tok, [cfg.id2label[i] for i in range(cfg.num_labels)],
                **kwargs)

@@ -205,15 +205,16 @@ def bench_one(config, mesh_spec: str, dtype_name: str, batch: int, teacher) -> d
 
 def bench_input(config, teacher) -> dict:
   """The loader alone, then the step fed by it vs a fixed batch (prepared data)."""
-  from data_pipelines import batch_plan, dataset  # pylint: disable=import-outside-toplevel
+  from data_pipelines import dataset, loaders  # pylint: disable=import-outside-toplevel
   b = config.benchmark
   batch, dtype = int(b.batch_sizes[0]), b.dtypes[0]
   dist, state, step, mesh, rows, _ = build_run(config, b.meshes[0], dtype, batch, teacher)
   ds = dataset.PreparedDataset(b.data_path)
-  recs = ds.select(config.data.split)
-  plan = batch_plan.BatchPlan([r["frames"] for r in recs], (b.frames,), batch, config.seed)
-  loader = batch_plan.PairLoader(ds, recs, plan, rows, b.frames, b.tokens,
-                                 num_threads=config.data.reader_threads)
+  d = config.data
+  _, loader, kind = loaders.make_loader(
+      ds, ds.index.rows_of(d.split), batch, rows, seed=config.seed, max_frames=b.frames,
+      max_tokens=b.tokens, reader=d.reader, threads=d.reader_threads,
+      shuffle_buffer=d.shuffle_buffer)
   strip = lambda x: {k: v for k, v in x.items() if not k.startswith("count_")}
   it = loader.iterator(0)
   for _ in range(5):  # warm-up: opening shards, thread pool
@@ -222,7 +223,8 @@ def bench_input(config, teacher) -> dict:
   for _ in range(b.reader_batches):
     nbytes += sum(v.nbytes for v in strip(next(it)).values())
   dt = time.perf_counter() - t0
-  out = {"data": ds.path, "batch": batch, "dtype": dtype, "frames": b.frames,
+  out = {"data": ds.path, "format": ds.format, "reader": kind, "batch": batch, "dtype": dtype,
+         "frames": b.frames,
          "tokens": b.tokens, "reader_examples_per_s": b.reader_batches * batch / dt,
          "reader_mb_per_s": nbytes / dt / 2 ** 20}
   fixed = shd.global_batch(strip(next(it)), rows, mesh)

@@ -61,3 +61,44 @@ def initialize(cfg) -> bool:
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   return True
+
+
+_CALLS = {}
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.global_state.client
+
+
+def _unique(name: str) -> str:
+  """Every process calls these in the same order: a per-name call counter keeps the
+  coordination keys of repeated calls apart."""
+  _CALLS[name] = _CALLS.get(name, 0) + 1
+  return f"mced_jax/{name}/{_CALLS[name]}"
+
+
+def barrier(name: str, timeout_s: int = 900) -> None:
+  """All processes meet here (e.g. after process 0 wrote a file the others read)."""
+  if jax.process_count() == 1 or _client() is None:
+    return
+  _client().wait_at_barrier(_unique(name), timeout_s * 1000)
+
+
+def agree(name: str, value: str, what: str, timeout_s: int = 900) -> None:
+  """Every process states `value`; if they differ, every process stops with a
+  message naming which processes saw which value."""
+  if jax.process_count() == 1 or _client() is None:
+    return
+  client, key = _client(), _unique(name)
+  client.key_value_set(f"{key}/{jax.process_index()}", value)
+  client.wait_at_barrier(key, timeout_s * 1000)
+  values = [client.blocking_key_value_get(f"{key}/{i}", timeout_s * 1000)
+            for i in range(jax.process_count())]
+  if len(set(values)) > 1:
+    seen = {}
+    for i, v in enumerate(values):
+      seen.setdefault(v, []).append(i)
+    raise ValueError(f"{what} differs between processes: " + "; ".join(
+        f"process(es) {ps} see {v}" for v, ps in seen.items()) + ". Every host must read the "
+        "same prepared dataset (the same files; re-copy it, or read it from one bucket).")

@@ -154,11 +154,11 @@ def train(config, layout, out_dir: str | None = None) -> kit.Result:
   out = out_dir or layout.stage("distill")
   teacher_dir = layout.teacher_dir(config)
   dist = build(config, teacher_dir=teacher_dir)
-  def select(ds, recs):  # what the teacher sees in the pairs; paper 3.1.2's selection
+  def select(ds, rows):  # what the teacher sees in the pairs; paper 3.1.2's selection
     if not (d.teacher_report or d.min_teacher_confidence > 0):
-      return recs
-    per = pairs.teacher_on_pairs(dist, ds, recs, out)
-    return pairs.select(recs, per, d.min_teacher_confidence)
+      return rows
+    per = pairs.teacher_on_pairs(dist, ds, rows, out)
+    return pairs.select(ds, rows, per, d.min_teacher_confidence)
 
   name, feed, stats = batches(config, layout, dist.mesh, dist.teacher.config.vocab_size, select,
                               classes=pairs.class_names(dist.teacher))

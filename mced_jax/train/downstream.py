@@ -30,6 +30,7 @@ from mced_jax.evaluation import labelled
 from mced_jax.evaluation import protocols
 from mced_jax.evaluation import report
 from mced_jax.models import export as export_lib
+from mced_jax.runtime import distributed
 from mced_jax.runtime import fs
 from mced_jax.runtime import sharding as shd
 
@@ -83,8 +84,10 @@ def corpus_path(config, layout) -> str:
   logging.info("finetune: preparing %s from %s into %s", f.corpus, f.root, path)
   # CHOICE: labelled corpora are small and re-standardised per fold or speaker, so
   # they keep raw float32 features (no float16 rounding).
+  # One frame bucket: fine-tuning reads whole utterances and buckets them itself.
   prepare_corpus(corpus, f.root, path, require_text=False, feature_dtype="float32",
-                 max_tokens=config.data.max_tokens)
+                 max_tokens=config.data.max_tokens, file_format=config.data.format,
+                 frame_buckets=(), max_frames=config.data.max_frames)
   return path
 
 
@@ -110,6 +113,9 @@ def run_all(config, layout, corpus, folds, specs, seeds, cache_dir: str,
   for b in (f.batch_size, f.eval_batch_size):
     shd.check_batch(b, mesh)
   export = export or {}
+  # Every host decides from the same files: whatever process 0 wrote before (run
+  # results, copied exports) has landed when they look.
+  distributed.barrier("finetune_cache")
   results, todo = [], []
   for s in specs:
     for fold in folds:
@@ -164,6 +170,7 @@ def run_all(config, layout, corpus, folds, specs, seeds, cache_dir: str,
       bar.set_postfix(last=f"{s.variant} {fold.name} UAR {r['test']['UAR']:.3f}", refresh=False)
   if bar is not None:
     bar.close()
+  distributed.barrier("finetune_runs_written")
   return results
 
 

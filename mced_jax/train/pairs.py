@@ -18,6 +18,7 @@ from absl import logging
 
 from mced_jax.models import teacher as teacher_lib
 from mced_jax.runtime import fs
+from mced_jax.runtime import distributed
 from mced_jax.runtime import sharding as shd
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -44,15 +45,18 @@ def summary(probs: np.ndarray, labels) -> dict:
   }
 
 
-def teacher_on_pairs(dist, ds, recs, out_dir: str) -> dict:
-  """{utt_id: (class index, confidence)} of the teacher on the pairs; cached."""
+def teacher_on_pairs(dist, ds, rows, out_dir: str) -> dict:
+  """{utt_id: (class index, confidence)} of the teacher on the pairs (index rows
+  `rows`); cached. Token ids come from the index: no feature is read."""
   path = fs.join(out_dir, "teacher_on_pairs.json")
+  recs = ds.records
+  utts = [recs[int(i)]["utt_id"] for i in rows]
   if fs.exists(path):
     cached = fs.read_json(path)
     per = cached.get("per_utterance", {})
-    if all(r["utt_id"] in per for r in recs):
+    if all(u in per for u in utts):
       return {u: tuple(v) for u, v in per.items()}
-  ids = [ds.example(r).input_ids for r in recs]
+  ids = [ds.index.tokens(int(i)) for i in rows]
   labels = class_names(dist.teacher)
   n = dist.mesh.size  # a batch every device of the distillation mesh shares
   clf = teacher_lib.TeacherClassifier(
@@ -61,41 +65,46 @@ def teacher_on_pairs(dist, ds, recs, out_dir: str) -> dict:
   probs = clf.softmax(clf.logits_of_ids(ids)[0])
   report = summary(probs, labels)
   report["labels"] = labels
-  report["per_utterance"] = {r["utt_id"]: [int(p.argmax()), round(float(p.max()), 5)]
-                             for r, p in zip(recs, probs)}
+  report["per_utterance"] = {u: [int(p.argmax()), round(float(p.max()), 5)]
+                             for u, p in zip(utts, probs)}
   if jax.process_index() == 0:
     fs.write_json(path, report)
+  distributed.barrier("teacher_on_pairs")  # the cache file exists for every host now
   logging.info("teacher on %d pairs: predicted %s; median confidence %.2f",
-               len(recs), {k: round(v, 3) for k, v in report["predicted_class_share"].items()},
+               len(rows), {k: round(v, 3) for k, v in report["predicted_class_share"].items()},
                report["confidence_quantiles"]["0.5"])
   return {u: tuple(v) for u, v in report["per_utterance"].items()}
 
 
-def select(recs, per_utterance: dict, min_confidence: float) -> list:
-  """The pairs whose teacher confidence reaches min_confidence (all when 0)."""
+def select(ds, rows, per_utterance: dict, min_confidence: float):
+  """The index rows whose pair's teacher confidence reaches min_confidence (all
+  when 0)."""
   if min_confidence <= 0:
-    return recs
-  kept = [r for r in recs if per_utterance[r["utt_id"]][1] >= min_confidence]
-  if not kept:
+    return rows
+  recs = ds.records
+  kept = np.array([i for i in rows if per_utterance[recs[int(i)]["utt_id"]][1] >= min_confidence],
+                  np.int64)
+  if not len(kept):
     raise ValueError(f"distill.min_teacher_confidence={min_confidence} keeps none of "
-                     f"{len(recs)} pairs; see teacher_on_pairs.json for the quantiles")
+                     f"{len(rows)} pairs; see teacher_on_pairs.json for the quantiles")
   logging.info("pair selection: %d of %d pairs have teacher confidence >= %.2f",
-               len(kept), len(recs), min_confidence)
+               len(kept), len(rows), min_confidence)
   return kept
 
 
 TARGETS = ("teacher", "shuffled", "labels")
 
 
-def label_ids(recs, classes) -> np.ndarray:
-  """Each pair's label as an index into `classes` (the teacher's), -1 when it has
-  none (e.g. LJSpeech pairs beside the demo's)."""
+def label_ids(index, rows, classes) -> np.ndarray:
+  """Each pair's label (index rows `rows`) as an index into `classes` (the
+  teacher's), -1 when it has none (e.g. LJSpeech pairs beside the demo's)."""
+  names = [index.labels[c] if c >= 0 else "" for c in index.label[np.asarray(rows)]]
   where = {c: i for i, c in enumerate(classes)}
-  bad = sorted({r["label"] for r in recs if r.get("label") and r["label"] not in where})
+  bad = sorted({n for n in names if n and n not in where})
   if bad:
     raise ValueError(f"distill.targets='labels': pair labels {bad} are not among the "
                      f"student's classes {list(classes)}")
-  out = np.array([where.get(r.get("label") or "", -1) for r in recs], np.int32)
+  out = np.array([where.get(n, -1) for n in names], np.int32)
   if not (out >= 0).any():
     raise ValueError("distill.targets='labels' needs labelled pairs (e.g. the demo corpus); "
                      "these pairs have no labels")
@@ -104,9 +113,9 @@ def label_ids(recs, classes) -> np.ndarray:
 
 def batches(config, layout, mesh, vocab: int, select=None, classes=()):
   """(source name, start_step -> iterator of global batches for this process,
-  feature (mean, std) of prepared data or None). `select(ds, records)` may drop
-  prepared pairs (teacher-confidence selection); `classes` (the student's) map pair
-  labels for distill.targets='labels'."""
+  feature (mean, std) of prepared data or None). `select(ds, rows)` may drop
+  prepared pairs (teacher-confidence selection, by index row); `classes` (the
+  student's) map pair labels for distill.targets='labels'."""
   d, b = config.data, config.distill.batch_size
   targets = config.distill.targets
   if targets not in TARGETS:
@@ -125,24 +134,29 @@ def batches(config, layout, mesh, vocab: int, select=None, classes=()):
     stream = lambda start: ({k: v[rows] for k, v in src.global_batch_at(s).items()}
                             for s in range(start, 10 ** 12))
   elif d.source == "prepared":
-    # Only here does distillation touch the data pipeline (TFDS ArrayRecord + grain).
-    from data_pipelines import batch_plan, buckets, dataset  # pylint: disable=import-outside-toplevel
+    # Only here does distillation touch the data pipeline (prepared shards).
+    from data_pipelines import batch_plan, buckets, dataset, loaders  # pylint: disable=import-outside-toplevel
     ds = dataset.PreparedDataset(layout.pairs(config))
-    recs = ds.select(d.split)
-    recs = select(ds, recs) if select else recs
-    plan = batch_plan.BatchPlan([r["frames"] for r in recs],
-                                buckets.frame_buckets(d.frame_buckets, d.max_frames), b,
-                                config.seed)
-    text_of = batch_plan.derangement(len(recs), config.seed) if targets == "shuffled" else None
-    labels = label_ids(recs, classes) if targets == "labels" else None
-    loader = batch_plan.PairLoader(ds, recs, plan, rows, d.max_frames, d.max_tokens,
-                                   num_threads=d.reader_threads, text_of=text_of,
-                                   labels=labels)
+    distributed.agree("dataset", f"{ds.path} fingerprint {ds.fingerprint()}",
+                      "the prepared dataset at data.path")
+    rows_of = ds.index.rows_of(d.split)
+    rows_of = select(ds, rows_of) if select else rows_of
+    if tuple(buckets.frame_buckets(d.frame_buckets, d.max_frames)) != tuple(ds.frame_buckets):
+      logging.info("distill: frame buckets are fixed at preparation: %s (config asks %s)",
+                   list(ds.frame_buckets), list(d.frame_buckets))
+    text_of = batch_plan.derangement(len(rows_of), config.seed) if targets == "shuffled" else None
+    labels = label_ids(ds.index, rows_of, classes) if targets == "labels" else None
+    plan, loader, kind = loaders.make_loader(
+        ds, rows_of, b, rows, seed=config.seed, max_frames=d.max_frames,
+        max_tokens=d.max_tokens, reader=d.reader, threads=d.reader_threads,
+        shuffle_buffer=d.shuffle_buffer, text_of=text_of, labels=labels)
     name, stream, stats = f"prepared:{ds.path}:{d.split}", loader.iterator, (ds.mean, ds.std)
     if targets != "teacher":
       name += f":{targets}"
-    logging.info("distill: %d pairs of %s, %d steps per epoch, targets: %s", len(recs), ds.path,
-                 plan.steps_per_epoch, targets)
+    logging.info("distill: %d pairs of %s (%s, %s reader), %d slots x %d rows, groups %s, "
+                 "%d steps per epoch, targets: %s", len(rows_of), ds.path, ds.format,
+                 kind, plan.num_slots, plan.per_slot,
+                 plan.groups, plan.steps_per_epoch, targets)
   else:
     raise ValueError(f"unknown data.source {d.source!r}; known: synthetic, prepared")
 

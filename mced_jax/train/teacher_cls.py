@@ -26,6 +26,7 @@ from data_pipelines.adapters import text as text_lib
 from mced_jax.evaluation import metrics
 from mced_jax.models import export as export_lib
 from mced_jax.models import teacher as teacher_lib
+from mced_jax.runtime import distributed
 from mced_jax.runtime import fs
 from mced_jax.runtime import sharding as shd
 from mced_jax.train import kit
@@ -46,9 +47,11 @@ def train(config, layout) -> dict:
   if done is not None:
     return done
   from transformers import FlaxBertForSequenceClassification as Model  # pylint: disable=import-outside-toplevel
-  data_dir = c.data_dir or text_lib.ensure_teacher_text(
-      layout.teacher_text, c.xed_dir, c.emotionlines_dir, c.seed,
-      fs.join(layout.demo_corpus, "manifest.csv"))
+  data_dir = c.data_dir or layout.teacher_text
+  if not c.data_dir and jax.process_index() == 0:  # one writer; the others wait for it
+    text_lib.ensure_teacher_text(layout.teacher_text, c.xed_dir, c.emotionlines_dir, c.seed,
+                                 fs.join(layout.demo_corpus, "manifest.csv"))
+  distributed.barrier("teacher_text")
   data = text_lib.read_splits(data_dir, c.max_train_examples, c.max_eval_examples, c.seed)
   model = teacher_lib.load_hf(Model, init_dir, num_labels=len(CLASSES), seed=c.seed,
                               id2label=dict(enumerate(CLASSES)),

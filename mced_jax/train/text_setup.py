@@ -34,7 +34,10 @@ def start(name: str, c, layout, model_dir: str):
     return done, None, None
   from data_pipelines.tokenize import WordPiece  # pylint: disable=import-outside-toplevel
   init_dir = layout.teacher_init(c.init, f"{name}.init")
-  return None, init_dir, WordPiece(os.path.join(init_dir, "vocab.txt"), max_tokens=c.max_tokens)
+  # The tokenizer reads a local vocab.txt: a URL model dir is copied to a temp dir.
+  from mced_jax.models.teacher import local_dir  # pylint: disable=import-outside-toplevel
+  vocab = os.path.join(local_dir(init_dir), "vocab.txt")
+  return None, init_dir, WordPiece(vocab, max_tokens=c.max_tokens)
 
 
 @dataclasses.dataclass

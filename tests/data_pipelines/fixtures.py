@@ -32,3 +32,18 @@ def write_corrupt(path: str) -> str:
   with open(path, "wb") as f:
     f.write(b"RIFF\x24\x00\x00\x00WAVEfmt this is not audio at all" * 3)
   return path
+
+
+def demo_in_both_formats(root, per_class_per_voice: int = 1, **options) -> dict:
+  """The espeak demo corpus prepared as ArrayRecord and as TFRecord: {format: dir}."""
+  from data_pipelines import demo
+  from data_pipelines.adapters import read_manifest
+  from data_pipelines.prepare import PrepareOptions, prepare
+  manifest = demo.generate(str(root / "corpus"), per_class_per_voice=per_class_per_voice,
+                           progress=False)
+  out = {}
+  for fmt in ("array_record", "tfrecord"):
+    out[fmt] = str(root / fmt)
+    prepare(read_manifest(manifest), out[fmt], PrepareOptions(
+        name="demo", progress=False, filter_pairs=True, file_format=fmt, **options))
+  return out

@@ -1,6 +1,7 @@
-"""The global batch plan: a pure function of (seed, step) over the examples'
-lengths, the same on every host, every example once per epoch (but the largest
-bucket's remainder), batches padded to a bucket holding each member."""
+"""The global batch plan over slots (shards) and frame buckets: a pure function of
+(seed, step); slot j fills rows [j*b, (j+1)*b) from its own examples; each step
+has one bucket group, whose pad length holds its members; every example of a
+stream comes once per wrap; hosts read only their slots."""
 
 import numpy as np
 import pytest
@@ -10,39 +11,59 @@ from data_pipelines.batch_plan import BatchPlan
 BUCKETS = (100, 200, 400)
 
 
-def lengths(n=103, seed=0):
-  return np.random.default_rng(seed).integers(20, 600, size=n)
+def examples(n=240, slots=4, seed=0):
+  rng = np.random.default_rng(seed)
+  frames = rng.integers(20, 600, size=n)
+  bucket = np.minimum(np.searchsorted(BUCKETS, frames), len(BUCKETS) - 1)
+  return frames, rng.integers(0, slots, size=n), bucket
 
 
-def test_every_example_once_per_epoch_in_a_bucket_that_holds_it():
-  frames = lengths()
-  plan = BatchPlan(frames, BUCKETS, 8, seed=1)
-  for epoch in range(3):
-    seen = []
-    for i in range(plan.steps_per_epoch):
-      bucket, ids = plan.at(epoch * plan.steps_per_epoch + i)
-      assert len(ids) == 8 and bucket in BUCKETS
-      assert (np.minimum(frames[ids], BUCKETS[-1]) <= bucket).all()
-      seen += ids.tolist()
-    assert len(seen) == len(set(seen))  # no example twice in an epoch
-    left = set(range(len(frames))) - set(seen)
-    assert len(left) < 8  # only one remainder (smaller buckets' carry over)
-  assert plan.steps_per_epoch == len(frames) // 8
+def test_rows_come_from_their_slot_in_one_padded_group_once_per_wrap():
+  frames, slot, bucket = examples()
+  plan = BatchPlan(slot, bucket, BUCKETS, 4, 16, seed=1, max_frames=400)
+  assert plan.per_slot == 4 and plan.steps_per_epoch > 0
+  seen = {}
+  for step in range(3 * plan.steps_per_epoch):
+    pad, ids = plan.at(step)
+    g = plan.group_at(step)
+    assert pad == plan.pad[g] and len(ids) == 16
+    for j in range(4):
+      rows = ids[4 * j:4 * (j + 1)]
+      assert (slot[rows] == j).all()  # slot j's rows are its own examples
+      assert set(bucket[rows]) <= set(plan.groups[g])  # one bucket group per step
+      assert (np.minimum(frames[rows], 400) <= pad).all()  # the pad length holds them
+      seen.setdefault((j, g), []).extend(rows.tolist())
+  for (j, g), got in seen.items():  # a stream wraps only after all its examples came
+    size = int(plan.stream_size[j, g])
+    for w in range(len(got) // size):
+      assert len(set(got[w * size:(w + 1) * size])) == size
 
 
 def test_plan_is_a_pure_function_of_seed_and_step():
-  frames = lengths()
-  a, b = BatchPlan(frames, BUCKETS, 8, seed=3), BatchPlan(frames, BUCKETS, 8, seed=3)
+  _, slot, bucket = examples()
+  a, b = BatchPlan(slot, bucket, BUCKETS, 4, 16, seed=3), BatchPlan(slot, bucket, BUCKETS, 4, 16,
+                                                                      seed=3)
   for step in (0, 5, 12, 40, 7, 0):  # any order, any host: the same batch
     assert a.at(step)[0] == b.at(step)[0]
     np.testing.assert_array_equal(a.at(step)[1], b.at(step)[1])
-  c = BatchPlan(frames, BUCKETS, 8, seed=4)
+  c = BatchPlan(slot, bucket, BUCKETS, 4, 16, seed=4)
   assert any(not np.array_equal(a.at(s)[1], c.at(s)[1]) for s in range(5))
-  # epochs differ from each other
-  n = a.steps_per_epoch
+  n = a.steps_per_epoch  # epochs differ from each other
   assert not all(np.array_equal(a.at(s)[1], a.at(s + n)[1]) for s in range(n))
+  # a host asks only for its slots; their rows are the full plan's
+  pad, mine = a.at(9, slots=[1, 2])
+  np.testing.assert_array_equal(mine[4:12], a.at(9)[1][4:12])
+  assert (mine[:4] == -1).all() and (mine[12:] == -1).all()
+  assert a.slots_of(np.arange(4, 12)) == [1, 2] and a.slots_of([5]) == [1]
 
 
-def test_too_few_examples_is_a_clear_error():
-  with pytest.raises(ValueError, match="make no batch of 16"):
-    BatchPlan(lengths(10), BUCKETS, 16)
+def test_sparse_buckets_merge_upwards_and_errors_are_clear():
+  frames, slot, bucket = examples(n=60)
+  bucket = np.where(np.arange(60) < 3, 0, np.maximum(bucket, 1))  # 3 examples in bucket 0
+  plan = BatchPlan(slot, bucket, BUCKETS, 4, 8, max_frames=400)
+  assert plan.groups[0][0] == 0 and len(plan.groups[0]) >= 2  # bucket 0 joined bucket 1
+  assert plan.pad[-1] == 400
+  with pytest.raises(ValueError, match="multiple of the dataset's shards"):
+    BatchPlan(slot, bucket, BUCKETS, 4, 10)
+  with pytest.raises(ValueError, match="make no batch of 64"):
+    BatchPlan(slot, bucket, BUCKETS, 4, 64)

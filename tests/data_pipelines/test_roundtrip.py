@@ -1,5 +1,6 @@
-"""features -> TFDS ArrayRecord shards -> PreparedDataset / PairLoader: the same
-arrays, masks and tokens back; bad items reported and skipped; re-runs skip work."""
+"""features -> TFDS shards (ArrayRecord and TFRecord) -> PreparedDataset / the
+loaders: the same arrays, masks and tokens back from either format; bad items
+reported and skipped; re-runs skip work."""
 
 import csv
 import json
@@ -89,17 +90,19 @@ def test_round_trip_gives_back_features_tokens_labels(corpus):
 def test_loader_pads_to_buckets_with_masks(corpus):
   out = corpus["out"]
   ds = dataset_lib.PreparedDataset(out)
-  recs = ds.select("train+test")
-  plan = batch_plan.BatchPlan([r["frames"] for r in recs], (150, 400), 3, seed=3)
-  loader = batch_plan.PairLoader(ds, recs, plan, rows=np.arange(3), max_frames=400,
+  rows_of = ds.index.rows_of("train+test")
+  ix = ds.index
+  plan = batch_plan.BatchPlan(np.zeros(len(rows_of)), ix.bucket[rows_of], ix.buckets, 1, 3, seed=3,
+                              max_frames=1000)
+  loader = batch_plan.PairLoader(ds, rows_of, plan, rows=np.arange(3), max_frames=1000,
                                  max_tokens=64)
   seen = set()
   for step in range(plan.steps_per_epoch):
-    bucket, ids = plan.at(step)
+    pad, ids = plan.at(step)
     b = loader.load(step)
-    assert b["features"].shape == (3, bucket, 130)  # static bucket shapes only
+    assert b["features"].shape == (3, pad, 130)  # static bucket shapes only
     for row, i in enumerate(ids):
-      ex = ds.example(recs[i])
+      ex = ds.example(int(rows_of[i]))
       n = len(ex.features)
       assert b["frame_mask"][row].sum() == n and b["frame_mask"][row, :n].all()
       np.testing.assert_allclose(b["features"][row, :n], ex.features, rtol=1e-6)
@@ -107,8 +110,32 @@ def test_loader_pads_to_buckets_with_masks(corpus):
       k = len(ex.input_ids)
       np.testing.assert_array_equal(b["input_ids"][row, :k], ex.input_ids)
       assert b["attention_mask"][row].sum() == k
-      seen.add(recs[i]["utt_id"])
+      seen.add(ex.utt_id)
   assert len(seen) == 12  # 12 examples, batches of 3: one epoch sees every one
+
+
+def test_tfrecord_and_array_record_hold_identical_examples(corpus, tmp_path):
+  """The same corpus prepared in both formats: the same index, the same example at
+  every row (features, tokens, ids), and shards cut the same way."""
+  other = str(tmp_path / "tfrecord")
+  prepare(read_manifest(str(corpus["root"] / "manifest.csv")), other,
+          PrepareOptions(name="fixture", label_names=("calm", "excited"), feature_dtype="float32",
+                         num_workers=1, progress=False, file_format="tfrecord"))
+  a, t = dataset_lib.PreparedDataset(corpus["out"]), dataset_lib.PreparedDataset(other)
+  assert (a.format, t.format) == ("array_record", "tfrecord")
+  for col in ("frames", "split", "bucket", "shard", "position"):
+    np.testing.assert_array_equal(getattr(a.index, col), getattr(t.index, col))
+  for x, y in zip(a.index.all_tokens(), t.index.all_tokens()):
+    np.testing.assert_array_equal(x, y)
+  assert a.report["shard_lengths"] == t.report["shard_lengths"]
+  assert all(n.endswith(tuple(f"-of-{len(v):05d}" for v in [a.report["shard_lengths"][p]]))
+             for p in t.report["part_dirs"] for n in t.part_files(p))
+  for row in range(len(a.index)):
+    ea, et = a.example(row, normalized=False), t.example(row, normalized=False)
+    assert ea.utt_id == et.utt_id and ea.row == et.row == row
+    np.testing.assert_array_equal(ea.features, et.features)
+    np.testing.assert_array_equal(ea.input_ids, et.input_ids)
+    np.testing.assert_array_equal(ea.input_ids, a.index.tokens(row))
 
 
 def test_normalisation_uses_train_stats(corpus):
@@ -124,7 +151,9 @@ def test_normalisation_uses_train_stats(corpus):
 
 def test_rerun_skips_finished_work(corpus):
   root, out = corpus["root"], corpus["out"]
-  info = os.path.join(dataset_lib._tfds_dir(out), "dataset_info.json")  # pylint: disable=protected-access
+  ds = dataset_lib.PreparedDataset(out)
+  part = sorted(ds.report["part_dirs"])[0]
+  info = os.path.join(ds.part_dir(part), "dataset_info.json")
   records = os.path.join(out, "records.jsonl")
   before = os.path.getmtime(info), os.path.getmtime(records)
   rep = prepare(read_manifest(str(root / "manifest.csv")), out,

@@ -69,3 +69,55 @@ def test_url_workdir_round_trips_checkpoint_metrics_and_export(tiny_config, tmp_
   assert not os.listdir(tmp_path), f"local paths created: {os.listdir(tmp_path)}"
   with pytest.raises(FileNotFoundError, match="not an exported mced_jax model"):
     export.load("memory://runs/nothing")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+  """A tiny random BERT with the real WordPiece vocabulary, as a teacher init."""
+  from tests.helpers import tiny_bert_dir
+  return tiny_bert_dir(str(tmp_path_factory.mktemp("tiny_bert") / "model"))
+
+
+def test_every_stage_runs_under_a_url_work_dir(tiny_bert, tmp_path, monkeypatch):
+  """data (the demo corpus, prepared straight to the URL), teacher_mlm, teacher_cls
+  from that stage's model (the teacher text dataset and the model), distill and
+  finetune, all under memory://: every output is at the URL and no local path is
+  created."""
+  import mced
+  from tests.conftest import SHARED_DATA, require_shared_data
+  require_shared_data()
+  text = os.path.abspath(os.path.join(SHARED_DATA, "text"))
+  monkeypatch.chdir(tmp_path)  # any local path created would land here
+  c = mced.get_config()
+  c.teacher_mlm.text_files = os.path.join(text, "xed", "opensubtitles_en_lines_from_xed_pairs.txt")
+  c.teacher_mlm.emotionlines_dir = c.teacher_cls.emotionlines_dir = os.path.join(
+      text, "emotionlines_friends")
+  c.teacher_mlm.meld_train_csv = os.path.join(text, "meld", "train_sent_emo.csv")
+  c.teacher_cls.xed_dir = os.path.join(text, "xed")
+  c.stages = "data,teacher_mlm,teacher_cls,distill,finetune"
+  c.teacher_mlm.init, c.teacher_mlm.max_lines = tiny_bert, 64
+  c.data.demo_per_class_per_voice = 1
+  c.data.num_shards, c.data.frame_buckets, c.data.max_frames = 2, (400,), 400
+  c.data.max_tokens = 24
+  c.teacher_cls.init = "mlm"  # the URL work dir's own stage-2 model
+  c.teacher_cls.max_train_examples, c.teacher_cls.max_eval_examples = 32, 16
+  c.teacher_cls.meld_test_csv = ""
+  c.teacher.num_layers, c.teacher.hidden_size = 2, 32
+  c.distill.teacher_layers, c.distill.student_layers, c.distill.lambdas = (1, 2), (1, 2), (1, 1)
+  c.student.conv_channels, c.student.d_model, c.student.num_layers = (16,) * 4, 32, 2
+  c.student.mlp_dim, c.student.classifier_hidden = 64, 16
+  c.distill.batch_size, c.distill.num_steps = 4, 2
+  c.finetune.epochs, c.finetune.batch_size, c.finetune.eval_batch_size = 1, 4, 4
+  c.finetune.crop_frames = 100
+  c.mesh.devices = 1
+  layout = Layout("memory://url_stages/run")
+  from mced_jax import stages
+  for name in stages.parse(c.stages):
+    stages.run(name, c, layout)
+  assert fs.exists(fs.join(layout.root, "data", "demo", "index.npz"))
+  assert fs.exists(fs.join(layout.teacher_text, "train.jsonl"))
+  assert fs.exists(fs.join(layout.teacher_mlm_model, "config.json"))
+  assert fs.exists(fs.join(layout.teacher_cls_model, "config.json"))
+  assert fs.exists(fs.join(layout.distilled_student, "model.json"))
+  assert fs.exists(layout.results_md) and "Student+MCED" in fs.read_text(layout.results_md)
+  assert not os.listdir(tmp_path), f"local paths created: {os.listdir(tmp_path)}"

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from data_pipelines import batch_plan, demo
-from data_pipelines.adapters import read_manifest
 from data_pipelines.dataset import PreparedDataset
-from data_pipelines.prepare import PrepareOptions, prepare
+from tests.data_pipelines.fixtures import demo_in_both_formats
 from mced_jax.layout import Layout
 from mced_jax.runtime.writers import read_jsonl
 from mced_jax.train import distill, pairs
@@ -16,12 +15,8 @@ from mced_jax.train import distill, pairs
 
 @pytest.fixture(scope="module")
 def demo_pairs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("controls")
-  manifest = demo.generate(str(root / "demo"), per_class_per_voice=1, progress=False)
-  out = str(root / "prepared")
-  prepare(read_manifest(manifest), out,
-          PrepareOptions(name="demo", num_workers=1, progress=False, filter_pairs=True))
-  return out
+  return demo_in_both_formats(tmp_path_factory.mktemp("controls"), num_workers=1,
+                              num_shards=2)
 
 
 def test_derangement_moves_every_transcript():
@@ -33,44 +28,59 @@ def test_derangement_moves_every_transcript():
     batch_plan.derangement(1, 0)
 
 
-def test_shuffled_targets_change_only_the_transcripts(demo_pairs):
-  ds = PreparedDataset(demo_pairs)
-  recs = ds.select("train+validation+test")
-  plan = batch_plan.BatchPlan([r["frames"] for r in recs], (400, 1000), 6, seed=0)
-  rows = np.arange(6)
-  text_of = batch_plan.derangement(len(recs), 0)
-  labels = pairs.label_ids(recs, demo.CLASSES)
-  base = batch_plan.PairLoader(ds, recs, plan, rows, 1000, 32)
-  shuf = batch_plan.PairLoader(ds, recs, plan, rows, 1000, 32, text_of=text_of, labels=labels)
+@pytest.mark.parametrize("fmt", ["array_record", "tfrecord"])
+def test_shuffled_targets_change_only_the_transcripts(demo_pairs, fmt):
+  ds = PreparedDataset(demo_pairs[fmt])
+  rows_of = ds.index.rows_of("train+validation+test")
+  ix = ds.index
+  plan = batch_plan.BatchPlan(ix.shard[rows_of], ix.bucket[rows_of], ix.buckets, ix.num_shards,
+                              4, seed=0, max_frames=1000)
+  rows = np.arange(4)
+  text_of = batch_plan.derangement(len(rows_of), 0)
+  labels = pairs.label_ids(ix, rows_of, demo.CLASSES)
+  if fmt == "array_record":
+    base = batch_plan.PairLoader(ds, rows_of, plan, rows, 1000, 32)
+    shuf = batch_plan.PairLoader(ds, rows_of, plan, rows, 1000, 32, text_of=text_of,
+                                 labels=labels)
+    a_it, b_it = (base.load(s) for s in range(99)), (shuf.load(s) for s in range(99))
+  else:
+    from data_pipelines.tfrecord_reader import TFRecordLoader
+    a_it = TFRecordLoader(ds, rows_of, plan, rows, 1000, 32).iterator(0)
+    b_it = TFRecordLoader(ds, rows_of, plan, rows, 1000, 32, text_of=text_of,
+                          labels=labels).iterator(0)
   for step in range(plan.steps_per_epoch):
-    a, b = base.load(step), shuf.load(step)
-    _, ids = plan.at(step)
+    a, b = next(a_it), next(b_it)
     np.testing.assert_array_equal(a["features"], b["features"])  # the audio is untouched
     np.testing.assert_array_equal(a["frame_mask"], b["frame_mask"])
-    for row, i in enumerate(ids):
-      own = ds.example(recs[i]).input_ids
-      moved = ds.example(recs[text_of[i]]).input_ids
-      np.testing.assert_array_equal(b["input_ids"][row, :len(moved)], moved)
-      np.testing.assert_array_equal(a["input_ids"][row, :len(own)], own)
-      assert b["label"][row] == demo.CLASSES.index(recs[i]["label"])  # labels stay
-  assert "label" not in base.load(0)
+    for row in range(len(rows)):
+      own = a["input_ids"][row][a["attention_mask"][row] > 0]
+      # which examples have this transcript (the demo repeats sentences across voices);
+      # the control must carry one of their planned partners' transcripts instead
+      i = [k for k in range(len(rows_of)) if np.array_equal(ix.tokens(int(rows_of[k])), own)]
+      moved = [ix.tokens(int(rows_of[text_of[k]])) for k in i]
+      got = b["input_ids"][row][b["attention_mask"][row] > 0]
+      assert any(np.array_equal(got, m) for m in moved) and not np.array_equal(got, own)
+      assert b["label"][row] in [labels[k] for k in i]  # labels stay with the audio
+  assert "label" not in a
 
 
 def test_label_ids_map_by_name_and_refuse_foreign_labels():
-  recs = [{"label": "anger"}, {"label": ""}, {"label": "neutral"}, {}]
-  np.testing.assert_array_equal(pairs.label_ids(recs, demo.CLASSES), [4, -1, 0, -1])
+  class Ix:  # the index's label columns
+    labels = ("anger", "joy", "neutral")
+    label = np.array([0, -1, 2, 1], np.int16)
+  np.testing.assert_array_equal(pairs.label_ids(Ix, [0, 1, 2], demo.CLASSES), [4, -1, 0])
   with pytest.raises(ValueError, match="not among"):
-    pairs.label_ids([{"label": "joy"}], demo.CLASSES)
+    pairs.label_ids(Ix, [3], demo.CLASSES)
   with pytest.raises(ValueError, match="needs labelled pairs"):
-    pairs.label_ids([{"label": ""}], demo.CLASSES)
+    pairs.label_ids(Ix, [1], demo.CLASSES)
 
 
 def _run(cfg, path, tmp_path, targets, name):
   with cfg.unlocked():
     cfg.teacher.vocab_size = 30522
     cfg.data.source, cfg.data.path, cfg.data.split = "prepared", path, "train+validation+test"
-    cfg.data.max_frames, cfg.data.max_tokens, cfg.data.frame_buckets = 400, 24, (400,)
-    cfg.distill.batch_size, cfg.distill.num_steps, cfg.distill.log_every = 6, 3, 1
+    cfg.data.max_frames, cfg.data.max_tokens = 1000, 24
+    cfg.distill.batch_size, cfg.distill.num_steps, cfg.distill.log_every = 4, 3, 1
     cfg.distill.targets = targets
   res = distill.train(cfg, Layout(str(tmp_path / name)))
   logs = [r for r in read_jsonl(str(tmp_path / name / "distill" / "metrics.jsonl"))
@@ -82,11 +92,13 @@ def test_supervised_and_shuffled_controls_distil(demo_pairs, tiny_config, tmp_pa
   import copy
   # the tiny random teacher has no class names; give it the demo's (a real teacher's)
   monkeypatch.setattr(pairs, "class_names", lambda teacher: list(demo.CLASSES))
-  res, logs = _run(copy.deepcopy(tiny_config), demo_pairs, tmp_path, "labels", "sup")
+  res, logs = _run(copy.deepcopy(tiny_config), demo_pairs["array_record"], tmp_path, "labels",
+                   "sup")
   assert int(res.state.step) == 3
   # cross-entropy on 5 classes, no teacher terms
   assert logs and all("ce" in r and "rl" not in r and 0 < r["ce"] < 5 for r in logs)
-  res, logs = _run(copy.deepcopy(tiny_config), demo_pairs, tmp_path, "shuffled", "shuf")
+  res, logs = _run(copy.deepcopy(tiny_config), demo_pairs["tfrecord"], tmp_path, "shuffled",
+                   "shuf")
   assert int(res.state.step) == 3 and all("rl" in r and np.isfinite(r["loss"]) for r in logs)
   cfg = copy.deepcopy(tiny_config)
   with cfg.unlocked():

@@ -43,7 +43,7 @@ def test_opus_manifest_prepares_and_distils_a_step(tmp_path, tiny_config):
   out = str(tmp_path / "prepared")
   rep = prepare_corpus(corpora.get("manifest"), _manifest(tmp_path), out, max_tokens=24,
                        max_pair_seconds=12.0, normalize="speaker", num_workers=1,
-                       progress=False)
+                       progress=False, num_shards=2, frame_buckets=(600,), max_frames=600)
   assert rep["written"] == 8 and rep["dropped_long"] == 2, rep["skipped_items"]
   ds = PreparedDataset(out)
   assert ds.normalize == "speaker" and max(r["frames"] for r in ds.records) <= 1200
