@@ -9,12 +9,13 @@ import sys
 import pytest
 
 from mced_jax import stages
+from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(*args):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1),
              JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "mced_jax.main", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)

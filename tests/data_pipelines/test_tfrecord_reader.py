@@ -71,8 +71,10 @@ def test_each_of_two_hosts_reads_its_share_of_the_shard_bytes(tfrecords):
   share = [g["read"] / (g["epochs"] * total) for g in got]
   # rows 0-3 are shard 0, rows 4-7 shard 1: each host streams only its own files
   assert share[0] <= 0.6 and share[1] <= 0.6, share
+  # each reads a real share (read-ahead at epoch ends varies by a few records), and
   # one host holding every row reads both halves
-  assert share[2] >= 0.8 and abs(share[0] + share[1] - share[2]) < 0.15, share
+  assert share[0] >= 0.25 and share[1] >= 0.25, share
+  assert share[2] >= 0.8, share
 
 
 def test_a_tfrecord_dataset_at_a_url_trains_in_place(tfrecords, tiny_config, tmp_path,

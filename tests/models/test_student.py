@@ -1,5 +1,7 @@
 """The speech student: shapes, masks, padding invariance, masked max-pooling."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,12 +19,21 @@ def tiny_student(**kw):
   return Student(**args)
 
 
+def init(m, x, mask):
+  return jax.jit(m.init)(jax.random.PRNGKey(0), x, mask)["params"]
+
+
+def run(m, params, *args, **kw):
+  """m.apply compiled whole: op by op, these small models cost seconds a call."""
+  return jax.jit(functools.partial(m.apply, **kw))({"params": params}, *args)
+
+
 def test_shapes_and_hidden_states():
   m = tiny_student()
   x = np.random.default_rng(0).normal(size=(2, 37, 130)).astype(np.float32)
   mask = np.arange(37)[None] < np.array([[37], [20]])
-  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
-  logits, hidden, out_mask = m.apply({"params": params}, x, mask)
+  params = init(m, x, mask)
+  logits, hidden, out_mask = run(m, params, x, mask)
   assert logits.shape == (2, 4)
   assert len(hidden) == 4  # conv output + 3 layers
   # strides (1, 2, 1, 2): 37 -> 19 -> 10 frames; valid 37 -> 10, 20 -> 5
@@ -49,11 +60,11 @@ def test_appending_padding_changes_nothing(cpu_bf16, atol, pooling):
   x = rng.normal(size=(3, 41, 130)).astype(np.float32)
   lengths = np.array([41, 30, 7])
   mask = np.arange(41)[None] < lengths[:, None]
-  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  params = init(m, x, mask)
 
   def apply(x, mask):
     with policy.scope():
-      return m.apply({"params": params}, x, mask)
+      return run(m, params, x, mask)
 
   logits, hidden, out_mask = apply(x, mask)
   for extra in (1, 2, 13):
@@ -75,9 +86,9 @@ def test_same_utterance_alone_or_batched():
   rng = np.random.default_rng(2)
   x = rng.normal(size=(2, 32, 130)).astype(np.float32)
   mask = np.arange(32)[None] < np.array([[32], [18]])
-  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
-  both = m.apply({"params": params}, x, mask)[0]
-  alone = m.apply({"params": params}, x[1:, :18], np.ones((1, 18), bool))[0]
+  params = init(m, x, mask)
+  both = run(m, params, x, mask)[0]
+  alone = run(m, params, x[1:, :18], np.ones((1, 18), bool))[0]
   np.testing.assert_allclose(both[1:], alone, atol=1e-5)
 
 
@@ -87,10 +98,10 @@ def test_max_pool_never_picks_padding():
   x = np.zeros((1, 16, 130), np.float32)
   x[0, :8] = np.random.default_rng(3).normal(size=(8, 130))
   mask = np.arange(16)[None] < 8
-  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
-  a = m.apply({"params": params}, x, mask)[0]
+  params = init(m, x, mask)
+  a = run(m, params, x, mask)[0]
   x[0, 8:] = 1e6
-  b = m.apply({"params": params}, x, mask)[0]
+  b = run(m, params, x, mask)[0]
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -113,8 +124,8 @@ def test_all_padding_row_is_finite(pooling):
   x = np.ones((2, 12, 130), np.float32)
   mask = np.zeros((2, 12), bool)
   mask[0, :5] = True
-  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
-  logits = m.apply({"params": params}, x, mask)[0]
+  params = init(m, x, mask)
+  logits = run(m, params, x, mask)[0]
   assert np.isfinite(np.asarray(logits)).all()
 
 
@@ -122,9 +133,9 @@ def test_bf16_compute_keeps_fp32_params():
   m = tiny_student(dtype=jnp.bfloat16)
   x = np.ones((1, 12, 130), np.float32)
   mask = np.ones((1, 12), bool)
-  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
+  params = init(m, x, mask)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-  logits, hidden, _ = m.apply({"params": params}, x, mask)
+  logits, hidden, _ = run(m, params, x, mask)
   assert hidden[-1].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
 
 
@@ -136,21 +147,21 @@ def test_speaker_norm_groups_match_given_stats_and_stay_within_the_speaker():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(8, 24, 130)).astype(np.float32)
   mask = np.arange(24)[None] < rng.integers(12, 25, size=(8, 1))
-  params = m.init(jax.random.PRNGKey(0), x, mask)["params"]
-  grouped = np.asarray(m.apply({"params": params}, x, mask, group_size=4)[0])
-  _, state = m.apply({"params": params}, x, mask, mutable=["intermediates"])
+  params = init(m, x, mask)
+  grouped = np.asarray(run(m, params, x, mask, group_size=4)[0])
+  _, state = run(m, params, x, mask, mutable=["intermediates"])
   pooled = np.asarray(state["intermediates"]["pooled"][0])
   stats = speaker_pooled_stats(pooled, ["a"] * 4 + ["b"] * 4)
-  given = np.asarray(m.apply({"params": params}, x, mask, pooled_stats=stats)[0])
+  given = np.asarray(run(m, params, x, mask, pooled_stats=stats)[0])
   np.testing.assert_allclose(grouped, given, rtol=1e-4, atol=1e-4)
   # the statistics move the logits (the option is not a no-op) ...
-  raw = np.asarray(m.apply({"params": params}, x, mask)[0])
+  raw = np.asarray(run(m, params, x, mask)[0])
   assert np.abs(raw - grouped).max() > 1e-3
   # ... and speaker b's utterances never reach speaker a's predictions
   x2 = x.copy()
   x2[4:] = rng.normal(size=(4, 24, 130))
-  other = np.asarray(m.apply({"params": params}, x2, mask, group_size=4)[0])
+  other = np.asarray(run(m, params, x2, mask, group_size=4)[0])
   np.testing.assert_allclose(other[:4], grouped[:4], rtol=1e-5, atol=1e-5)
   assert np.abs(other[4:] - grouped[4:]).max() > 1e-3
   with pytest.raises(ValueError, match="speaker groups"):
-    m.apply({"params": params}, x, mask, group_size=3)
+    run(m, params, x, mask, group_size=3)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,7 +41,7 @@ def free_port() -> int:
 
 def run_pair(warm: bool):
   port = str(free_port())
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4),
              PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), port, "1" if warm else "0"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE,

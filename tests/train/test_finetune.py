@@ -20,6 +20,7 @@ from mced_jax.train import downstream
 from mced_jax.train import finetune as ft
 from tests.helpers import write_prepared
 from tests.train.test_resume import ROOT
+from tests.conftest import xla_flags
 
 CLASSES = ("calm", "loud", "high")
 
@@ -175,7 +176,7 @@ def test_nan_batch_is_skipped_and_the_run_completes(ft_config, monkeypatch, tmp_
 
 def test_sigterm_mid_finetune_then_resume_equals_straight_run(tmp_path):
   corpus = write_corpus(str(tmp_path / "corpus"))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1),
              JAX_PLATFORMS="cpu")
   args = ["--config=configs/mced.py:tiny", "--config.stages=finetune",
           f"--config.finetune.data_path={corpus}", "--config.finetune.protocol=speaker_kfold",

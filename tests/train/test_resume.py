@@ -12,12 +12,13 @@ import numpy as np
 
 from mced_jax.runtime import checkpoint as ckpt_lib
 from mced_jax.runtime.writers import read_jsonl
+from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_main(workdir, *overrides):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1),
              JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "mced_jax.main", "--config=configs/mced.py:tiny",
          f"--workdir={workdir}", *overrides]
@@ -53,7 +54,7 @@ def test_stop_after_then_sigterm_then_resume_equals_straight_run(tmp_path):
   run_main(straight, *steps)
   first = run_main(split, *steps, "--config.distill.stop_after=3")
   assert "steps 0 -> 3" in first.stderr
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1),
              JAX_PLATFORMS="cpu")
   proc = subprocess.Popen([sys.executable, "-m", "mced_jax.main", "--config=configs/mced.py:tiny",
                            f"--workdir={split}", *steps], cwd=ROOT, env=env,
