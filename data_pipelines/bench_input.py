@@ -139,7 +139,7 @@ def main(argv) -> dict:
   flags.DEFINE_string("out", "runs/bench_input", "work and results directory", flag_values=fv)
   flags.DEFINE_integer("examples", 3000, "examples in the synthetic dataset", flag_values=fv)
   flags.DEFINE_integer("batch", 64, "global batch (one host holds every row)", flag_values=fv)
-  flags.DEFINE_integer("steps", 150, "timed batches per reader and core count", flag_values=fv)
+  flags.DEFINE_integer("steps", 300, "timed batches per reader and core count", flag_values=fv)
   flags.DEFINE_integer("plan_pairs", 10_000_000, "pairs in the synthetic index", flag_values=fv)
   cli.parse(fv, argv, "usage: python -m data_pipelines.bench_input [--out=DIR] ...", __doc__)
   os.makedirs(fv.out, exist_ok=True)

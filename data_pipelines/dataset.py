@@ -163,8 +163,10 @@ class PreparedDataset:
   def features_spec(self):
     from data_pipelines.builders.pairs import features_dict  # pylint: disable=import-outside-toplevel
     opts = self.report.get("signature", {}).get("options", {})
+    # datasets prepared before the option hold number lists ("none")
     return features_dict(tuple(opts.get("label_names") or ()),
-                         opts.get("feature_dtype", "float16"))
+                         opts.get("feature_dtype", "float16"),
+                         opts.get("tensor_encoding", "none"))
 
   def _array_record(self, part: str):
     if part not in self._parts:

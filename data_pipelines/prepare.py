@@ -46,6 +46,7 @@ class PrepareOptions:
   name: str
   label_names: tuple = ()  # () for unlabelled pairs
   feature_dtype: str = "float16"  # halves storage; features are standardised later
+  tensor_encoding: str = "bytes"  # arrays as raw bytes (builders/pairs.py: features_dict)
   max_tokens: int = 64
   vocab: str | None = None
   require_text: bool = True
@@ -263,7 +264,8 @@ def _prepare_into(records, out_dir: str, opts: PrepareOptions, signature: dict,
       tuple(opts.label_names), [r.label for r in final], phys, opts.num_shards,
       opts.file_format, [index_lib.order_key(opts.order_seed, r.utt_id) for r in final])
   cfg = PairsConfig(name=opts.name, label_names=tuple(opts.label_names),
-                    feature_dtype=opts.feature_dtype, manual=bool(opts.manual_dir),
+                    feature_dtype=opts.feature_dtype, tensor_encoding=opts.tensor_encoding,
+                    manual=bool(opts.manual_dir),
                     description=f"MCED utterances of corpus {opts.name}")
   # A part of n < num_shards examples gets n shards; shard counts are per part.
   shards = {name: min(opts.num_shards, len(rows)) for name, rows in parts.items()}

@@ -75,13 +75,14 @@ class TFRecordLoader(HostReader):
     # index row -> selected (1) or not: selection and split choice by row.
     keep = np.zeros(len(ds_.index), np.bool_)
     keep[self.rows_of] = True
-    keep_t = tf.constant(keep)
+    keep_t, every_row = tf.constant(keep), bool(keep.all())
     seed = np.random.default_rng([plan.seed, slot, group]).integers(2 ** 31)
 
     def one_wrap(w):
       d = tf.data.TFRecordDataset(files)
       d = d.map(spec.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE)
-      d = d.filter(lambda ex: tf.gather(keep_t, ex["row"]))
+      if not every_row:
+        d = d.filter(lambda ex: tf.gather(keep_t, ex["row"]))
       return d.shuffle(min(size, self.shuffle_buffer), seed=seed + w * 7919,
                        reshuffle_each_iteration=False)
 
@@ -90,6 +91,8 @@ class TFRecordLoader(HostReader):
     return d.map(self._shape_fn(tf, plan.pad[group]), num_parallel_calls=tf.data.AUTOTUNE)
 
   def _shape_fn(self, tf, pad: int):
+    """Decoded example -> fixed shapes (padded here, in the parallel map, so that
+    batching is a plain parallel copy)."""
     max_frames, max_tokens, sep = min(self.max_frames, pad), self.max_tokens, self.sep_id
     ix = self.dataset.index
     other = None
@@ -115,7 +118,10 @@ class TFRecordLoader(HostReader):
       ids = tf.cond(k > max_tokens,
                     lambda: tf.concat([ids[:max_tokens - 1], tf.constant([sep], tf.int32)], 0),
                     lambda: ids)
-      out = {"features": x, "frames": tf.shape(x)[0], "input_ids": ids,
+      t, k_out = tf.shape(x)[0], tf.shape(ids)[0]
+      x = tf.ensure_shape(tf.pad(x, [[0, pad - t], [0, 0]]), [pad, x.shape[-1]])
+      ids = tf.ensure_shape(tf.pad(ids, [[0, max_tokens - k_out]]), [max_tokens])
+      out = {"features": x, "frames": t, "input_ids": ids,
              "truncated_frames": tf.cast(n > self.max_frames, tf.int32),
              "truncated_tokens": tf.cast(k > max_tokens, tf.int32)}
       if label_t is not None:
@@ -126,14 +132,13 @@ class TFRecordLoader(HostReader):
 
   def _group_pipeline(self, tf, group: int, start_step: int):
     plan, b = self.plan, self.plan.per_slot
-    pad = plan.pad[group]
     start = plan.start_of(start_step, group)
-    shapes = {"features": [pad, 130], "frames": [], "input_ids": [self.max_tokens],
-              "truncated_frames": [], "truncated_tokens": []}
-    if self.labels is not None:
-      shapes["label"] = []
-    per_slot = [self._stream(tf, j, group, start).padded_batch(
-        b, padded_shapes=shapes, drop_remainder=True) for j in self.slots]
+    # Each slot's stream ends in its own prefetch: a thread per stream, so the
+    # streams' sequential parts (reading, shuffling) run side by side, not one
+    # after another in the zip's thread.
+    per_slot = [self._stream(tf, j, group, start).batch(
+        b, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True).prefetch(2) for j in self.slots]
     d = tf.data.Dataset.zip(tuple(per_slot))
     take = [self._take[j] for j in self.slots]
     whole = all(len(t) == b for t in take)
@@ -143,7 +148,7 @@ class TFRecordLoader(HostReader):
           {k: tf.gather(v, t) for k, v in bt.items()} for bt, t in zip(batches, take)]
       return {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
 
-    d = d.map(join).prefetch(2)
+    d = d.map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
     opts = tf.data.Options()
     opts.deterministic = True
     if self.threads:

@@ -164,3 +164,28 @@ def test_rerun_skips_finished_work(corpus):
   with open(os.path.join(out, "report.json"), encoding="utf-8") as f:
     assert rep == json.load(f)
   assert (os.path.getmtime(info), os.path.getmtime(records)) == before
+
+
+def test_number_list_encoding_still_reads_and_bytes_halve_the_shards(corpus, tmp_path):
+  """Datasets written with TFDS's number-list tensors (`tensor_encoding="none"`, as
+  before the option) give the same examples as the raw-bytes default, which
+  stores float16 features in 2 bytes a value instead of 4."""
+  shards = {}
+  for enc in ("none", "bytes"):
+    out = str(tmp_path / enc)
+    prepare(read_manifest(str(corpus["root"] / "manifest.csv")), out,
+            PrepareOptions(name="fixture", label_names=("calm", "excited"),
+                           feature_dtype="float16", num_workers=1, progress=False,
+                           file_format="tfrecord", tensor_encoding=enc))
+    ds = dataset_lib.PreparedDataset(out)
+    assert ds.report["signature"]["options"]["tensor_encoding"] == enc
+    shards[enc] = (ds, sum(os.path.getsize(os.path.join(ds.part_dir(p), n))
+                           for p in ds.report["part_dirs"] for n in ds.part_files(p)))
+  (old, old_bytes), (new, new_bytes) = shards["none"], shards["bytes"]
+  for row in range(len(old.index)):
+    eo, en = old.example(row, normalized=False), new.example(row, normalized=False)
+    assert eo.utt_id == en.utt_id and eo.features.dtype == en.features.dtype
+    np.testing.assert_array_equal(eo.features, en.features)
+    np.testing.assert_array_equal(eo.input_ids, en.input_ids)
+  # float16 as number lists costs 4 bytes a value (stored as float32), raw bytes 2
+  assert new_bytes < 0.6 * old_bytes, (new_bytes, old_bytes)
