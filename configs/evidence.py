@@ -43,4 +43,7 @@ def get_config(arg: str | None = None):
   c.finetune.init_dir = ""  # this work dir's own distilled student
   c.finetune.seeds = SEEDS
   c.finetune.max_folds = 0  # all 6 folds
+  # The run records are kept in docs/experiments/evidence/ without their models, so
+  # a cached run never needs one.
+  c.finetune.export_models = False
   return c

@@ -264,6 +264,10 @@ def get_config(arg: str | None = None):
   # Where finished runs are cached ("" = WORKDIR/finetune/runs). Work dirs may share
   # one: runs are keyed by setup and initialisation, so scratch runs train once.
   c.finetune.cache_dir = ""
+  # Export the first fold/seed's Table-5 models to WORKDIR/finetune/model_{mced,scratch}
+  # (for predict). Off for experiments whose cached run records move between
+  # machines without their models.
+  c.finetune.export_models = True
   c.finetune.select_metric = "UAR"  # paper: UAR (IEMOCAP), WF1 (MELD)
   # CHOICE: 6 epochs keep the default demo job under 15 min on 2 cores (the demo
   # converges by then); real corpora: 10-20 (configs/ravdess.py, configs/paper.py).

@@ -243,7 +243,8 @@ def run(config, layout) -> dict | None:
     if t == "5":
       specs = [RunSpec(SCRATCH, None), RunSpec(MCED, distilled)]
       seeds = tuple(f.seeds)
-      export = {SCRATCH: fs.join(out, "model_scratch"), MCED: fs.join(out, "model_mced")}
+      export = {SCRATCH: fs.join(out, "model_scratch"), MCED: fs.join(out, "model_mced")
+                } if f.get("export_models", True) else None
       caption = "Table 5 analogue: the student from scratch vs distilled with MCED."
     elif t == "6":
       specs = [RunSpec(name, _distill_variant(config, layout, name, ov))
