@@ -42,8 +42,13 @@ ravdess-real: venv
 
 # The pre-registered comparison (docs/experiments/protocol.md): the teacher once,
 # then every arm in its own work dir (cached and resumable), then the paired report.
+# Finished run records kept in docs/experiments/evidence/runs are reused (they match
+# only a checkout at the path that made them: the run cache is keyed by absolute paths).
 EVIDENCE_ARMS ?= mced_demo shuffled flat supervised real both mced_demo_fold
+EVIDENCE_RUNS := docs/experiments/evidence/runs
 evidence: venv
+	mkdir -p runs/ravdess_real/finetune_runs
+	if [ -d $(EVIDENCE_RUNS) ]; then cp -rn $(EVIDENCE_RUNS)/. runs/ravdess_real/finetune_runs/; fi
 	$(PYTHON) -m mced_jax.main --config=configs/ravdess_real.py:teacher \
 	  --workdir=runs/ravdess_real/teacher
 	for a in $(EVIDENCE_ARMS); do \

@@ -159,10 +159,15 @@ def main(argv) -> dict:
   synthetic_index(index_path, fv.plan_pairs)
   results["plan"] = _run(PLAN, index_path)
   print(f"plan for {results['plan']['pairs']:,} pairs: {results['plan']}")
-  text = report(results)
-  with open(os.path.join(fv.out, "results.json"), "w", encoding="utf-8") as f:
+  return write_results(results, report(results), fv.out)
+
+
+def write_results(results: dict, text: str, out: str) -> dict:
+  """results.json and results.md in `out`; the report printed too."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
-  with open(os.path.join(fv.out, "results.md"), "w", encoding="utf-8") as f:
+  with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
     f.write(text)
   print(text)
   return results
@@ -176,20 +181,29 @@ def _cpu_name() -> str:
     return "unknown"
 
 
+def scaling_rows(runs, group: str, count: str, rate):
+  """(group, {count: run}, count, run, "1 -> 2 speed-up" on the 2-count row) for a
+  report's table; `rate(run)` is the speed (higher is faster)."""
+  by = {}
+  for r in runs:
+    by.setdefault(r[group], {})[r[count]] = r
+  for name, rs in by.items():
+    for k, r in sorted(rs.items()):
+      scale = f"{rate(rs[2]) / rate(rs[1]):.2f}x" if k == 2 and 1 in rs else ""
+      yield name, rs, k, r, scale
+
+
 def report(results: dict) -> str:
   m = results["machine"]
   lines = [f"Input pipeline, {results['date']}, {m['cpu']} ({m['cores']} cores); paper shapes: "
            f"{FRAMES} frames x {DIM} float16 features, {TOKENS} tokens.", "",
            "| reader | cores | examples/s | MB/s | scaling 1 -> 2 |", "|---|---|---|---|---|"]
   by = {}
-  for r in results["readers"]:
-    by.setdefault(r["reader"], {})[r["cores"]] = r
-  for name, rs in by.items():
-    for k, r in sorted(rs.items()):
-      scale = (f"{rs[2]['examples_per_s'] / rs[1]['examples_per_s']:.2f}x"
-               if k == 2 and 1 in rs else "")
-      lines.append(f"| {name} ({r['format']}) | {k} | {r['examples_per_s']:.0f} | "
-                   f"{r['mb_per_s']:.0f} | {scale} |")
+  for name, rs, k, r, scale in scaling_rows(results["readers"], "reader", "cores",
+                                            lambda r: r["examples_per_s"]):
+    by[name] = rs
+    lines.append(f"| {name} ({r['format']}) | {k} | {r['examples_per_s']:.0f} | "
+                 f"{r['mb_per_s']:.0f} | {scale} |")
   tf1 = by.get("tf.data", {}).get(1)
   if tf1:
     per_core = tf1["examples_per_s"]

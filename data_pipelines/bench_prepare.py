@@ -59,14 +59,8 @@ def main(argv) -> dict:
                   engine, workers)
       results["runs"].append(r)
       print(json.dumps(r))
-  text = report(results)
-  os.makedirs(fv.out, exist_ok=True)
-  with open(os.path.join(fv.out, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=1)
-  with open(os.path.join(fv.out, "results.md"), "w", encoding="utf-8") as f:
-    f.write(text)
-  print(text)
-  return results
+  from data_pipelines.bench_input import write_results  # pylint: disable=import-outside-toplevel
+  return write_results(results, report(results), fv.out)
 
 
 def report(results: dict) -> str:
@@ -74,15 +68,13 @@ def report(results: dict) -> str:
            f"`{results['manifest']}`:", "",
            "| engine | workers | audio (h) | extraction wall (s) | audio-h per core-h | "
            "scaling 1 -> 2 |", "|---|---|---|---|---|---|"]
+  from data_pipelines.bench_input import scaling_rows  # pylint: disable=import-outside-toplevel
   by = {}
-  for r in results["runs"]:
-    by.setdefault(r["engine"], {})[r["workers"]] = r
-  for eng, rs in by.items():
-    for w, r in sorted(rs.items()):
-      scale = (f"{rs[1]['extraction_wall_s'] / rs[2]['extraction_wall_s']:.2f}x"
-               if w == 2 and 1 in rs else "")
-      lines.append(f"| {eng} | {w} | {r['audio_hours']:.2f} | {r['extraction_wall_s']:.0f} | "
-                   f"{r['audio_hours_per_core_hour']:.0f} | {scale} |")
+  for eng, rs, w, r, scale in scaling_rows(results["runs"], "engine", "workers",
+                                           lambda r: 1.0 / r["extraction_wall_s"]):
+    by[eng] = rs
+    lines.append(f"| {eng} | {w} | {r['audio_hours']:.2f} | {r['extraction_wall_s']:.0f} | "
+                 f"{r['audio_hours_per_core_hour']:.0f} | {scale} |")
   beam = by.get("beam", {}).get(2) or by.get("beam", {}).get(1)
   if beam:
     rate = beam["audio_hours_per_core_hour"]

@@ -1,2 +1,2 @@
-"""Performance: step and input throughput, MFU and peak FLOP/s, weak scaling and
-projections to pods and clusters."""
+"""Performance: step and input throughput, MFU and peak FLOP/s, the step side by
+side with the PyTorch peer, weak scaling and projections to pods and clusters."""
