@@ -144,7 +144,7 @@ def main(argv) -> dict:
   cli.parse(fv, argv, "usage: python -m data_pipelines.bench_input [--out=DIR] ...", __doc__)
   os.makedirs(fv.out, exist_ok=True)
   cores = sorted(os.sched_getaffinity(0))
-  results = {"machine": {"cores": len(cores), "cpu": _cpu_name()}, "readers": [],
+  results = {"machine": {"cores": len(cores), "cpu": cpu_name()}, "readers": [],
              "date": time.strftime("%Y-%m-%d")}
   for fmt in ("tfrecord", "array_record"):
     path = synthetic_dataset(os.path.join(fv.out, fmt), fv.examples, fmt)
@@ -173,7 +173,7 @@ def write_results(results: dict, text: str, out: str) -> dict:
   return results
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))

@@ -29,19 +29,9 @@ from mced_jax.kernels import precision
 PEER = os.path.join("..", "shared", "peers", "torch_ref", "bench_torch.py")
 
 
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-  try:
-    with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def machine() -> dict:
-  return {"cpu": cpu_model(), "cores": os.cpu_count(), "bf16_units": precision.cpu_has_bf16_units(),
+  from data_pipelines.bench_input import cpu_name  # pylint: disable=import-outside-toplevel
+  return {"cpu": cpu_name(), "cores": os.cpu_count(), "bf16_units": precision.cpu_has_bf16_units(),
           "host": platform.node(), "python": platform.python_version()}
 
 
@@ -86,18 +76,23 @@ def run_mced(dtype: str, shapes: dict, threads: int, workdir: str) -> dict:
           "step_ms": 1e3 * float(r["step_time_median_s"]), "precision": r["precision"]}
 
 
+def by_round(runs: list[dict], dtype: str) -> dict:
+  """{round: {side: examples/s}} of one dtype."""
+  out = {}
+  for r in runs:
+    if r["dtype"] == dtype:
+      out.setdefault(r["round"], {})[r["side"]] = r["examples_per_s"]
+  return dict(sorted(out.items()))
+
+
 def summarize(runs: list[dict], dtypes) -> dict:
   """Per dtype: the per-round ratios mced_jax / PyTorch and their median; and the
   best dtype of each side (highest median examples/s) with its ratio."""
   out = {"per_dtype": {}, "best": None}
   med = {}
   for d in dtypes:
-    rounds = sorted({r["round"] for r in runs if r["dtype"] == d})
-    ratios = []
-    for k in rounds:
-      ex = {r["side"]: r["examples_per_s"] for r in runs if r["dtype"] == d and r["round"] == k}
-      if "mced_jax" in ex and "torch" in ex:
-        ratios.append(ex["mced_jax"] / ex["torch"])
+    ratios = [ex["mced_jax"] / ex["torch"] for ex in by_round(runs, d).values()
+              if "mced_jax" in ex and "torch" in ex]
     for side in ("mced_jax", "torch"):
       v = [r["examples_per_s"] for r in runs if r["dtype"] == d and r["side"] == side]
       if v:
@@ -123,9 +118,10 @@ def report(runs: list[dict], dtypes, info: dict, shapes: dict) -> str:
            f"{'yes' if info['bf16_units'] else 'no'}. Shapes: batch {shapes['batch']}, "
            f"{shapes['frames']} frames, {shapes['tokens']} tokens, BERT-base-shaped teacher.", "",
            "| round | dtype | PyTorch ex/s | mced_jax ex/s | ratio |", "|---|---|---|---|---|"]
+  rounds = {d: by_round(runs, d) for d in dtypes}
   for k in sorted({r["round"] for r in runs}):
     for d in dtypes:
-      ex = {r["side"]: r["examples_per_s"] for r in runs if r["dtype"] == d and r["round"] == k}
+      ex = rounds[d].get(k, {})
       if "torch" in ex and "mced_jax" in ex:
         lines.append(f"| {k} | {d} | {ex['torch']:.2f} | {ex['mced_jax']:.2f} | "
                      f"{ex['mced_jax'] / ex['torch']:.2f}x |")
