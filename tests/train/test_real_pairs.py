@@ -89,6 +89,8 @@ def test_word_token_mask_drops_cls_and_sep(tiny_config):
     src = SyntheticPairs(8, 48, 12, 100, feature_dim=130, cls_id=1, sep_id=2)
     b = {k: jax.numpy.asarray(v) for k, v in src.global_batch_at(0).items()}
     params = d.init_params(jax.random.PRNGKey(0))
-    out[mode] = d.loss_fn(params, b, jax.random.PRNGKey(1), d.teacher_params, train=False)[1]
+    # jitted: op by op, the eager loss dispatches thousands of tiny ops (over a minute)
+    loss = jax.jit(lambda p, b, t: d.loss_fn(p, b, jax.random.PRNGKey(1), t, train=False)[1])
+    out[mode] = jax.device_get(loss(params, b, d.teacher_params))
   assert out["all"]["rl"] == out["words"]["rl"]
   assert out["all"]["fl_total"] != out["words"]["fl_total"]
