@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from data_pipelines.buckets import pad_frame_rows
 from mced_jax.evaluation import classic
 from mced_jax.evaluation import labelled
 from mced_jax.evaluation import protocols
@@ -105,11 +106,8 @@ def test_zero_shot_predicts_only_with_the_distilled_head(student_dir, tmp_path):
   # The exported head on the test utterances, zero-padded into one batch (the
   # student ignores padding: tests/models/test_student.py); jitted, as eager
   # dispatch of the whole student takes a minute.
-  length = max(len(feats[u]) for u in fold.test)
-  x = np.zeros((len(fold.test), length, dim), np.float32)
-  mask = np.zeros((len(fold.test), length), bool)
-  for i, u in enumerate(fold.test):
-    x[i, :len(feats[u])], mask[i, :len(feats[u])] = feats[u], True
+  x, mask = pad_frame_rows([feats[u] for u in fold.test],
+                           max(len(feats[u]) for u in fold.test), len(fold.test))
   logits = np.asarray(jax.jit(feat.student.apply)({"params": params}, x, mask)[0])[:, :2]
   want = np.where(logits.argmax(1) == 0, 1, 0)  # teacher "b" -> corpus class 1
   y = np.array([corpus.labels[u] for u in fold.test])
