@@ -56,7 +56,8 @@ evidence: venv
 	    --workdir=runs/evidence/$$a || exit 1; \
 	done
 	$(PYTHON) -m mced_jax.evaluation.compare $(addprefix runs/evidence/,$(EVIDENCE_ARMS)) \
-	  --reference=runs/evidence/mced_demo --out=runs/evidence/comparison.md
+	  --reference=runs/evidence/mced_demo --out=runs/evidence/comparison.md \
+	  --plot=runs/evidence/comparison.png
 
 # Two workers (the tests compile and spawn processes; one core each is the sweet
 # spot on 2 cores); a test file's tests stay on one worker (shared fixtures).

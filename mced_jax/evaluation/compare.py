@@ -13,6 +13,8 @@ adjusted over the report's comparisons), a bootstrap interval, and a sign test
 over folds; ensembles are compared ensemble against ensemble. `--reference`
 adds each recipe's Student+MCED minus the reference recipe's. `--holdout=fold6`
 keeps folds apart (the statistics use the others; the held-out UAR is shown).
+`--plot=FILE.png` draws the UAR differences as a forest plot (each comparison's
+mean, 95 % t and bootstrap intervals, and its per-fold differences).
 """
 
 from __future__ import annotations
@@ -90,7 +92,35 @@ DIFF_HEAD = ["| comparison | ΔUAR [95 % t interval] | p (t) | p (Holm) | bootst
              "|---|---|---|---|---|---|---|---|"]
 
 
-def report(workdirs, holdout, reference: str | None = None) -> str:
+def forest_plot(comparisons, path: str) -> None:
+  """One row per comparison: the mean UAR difference, its 95 % t interval (thick)
+  and bootstrap interval (thin), and each fold's difference (dots); 0 marked."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  n = len(comparisons)
+  fig, ax = plt.subplots(figsize=(10, 1.4 + 0.42 * n))
+  for i, (label, uar, _, ensemble) in enumerate(comparisons):
+    y = n - 1 - i
+    color = "tab:purple" if ensemble else "tab:blue"
+    ax.plot([uar.boot_low, uar.boot_high], [y, y], color=color, lw=1)
+    if np.isfinite(uar.t_low):
+      ax.plot([uar.t_low, uar.t_high], [y, y], color=color, lw=4, alpha=0.6)
+    ax.plot(list(uar.fold_diffs.values()), [y] * len(uar.fold_diffs), "o", ms=3,
+            color="0.45", zorder=1)
+    ax.plot([uar.mean], [y], "D", color="k" if uar.excludes_zero() else color, ms=6, zorder=3)
+  ax.axvline(0, color="k", lw=0.8, ls="--")
+  short = lambda label: label.replace(MCED, "+MCED").replace(SCRATCH, "scratch")
+  ax.set_yticks(range(n), [short(c[0]) for c in reversed(comparisons)], fontsize=8)
+  ax.set_xlabel("test UAR difference (mean over folds)", fontsize=9)
+  ax.set_title("thick: 95 % t interval over folds; thin: bootstrap interval; dots: the folds\n"
+               "black diamond: the t interval excludes 0", fontsize=8)
+  fig.tight_layout()
+  fs.save_figure(fig, path)
+  plt.close(fig)
+
+
+def report(workdirs, holdout, reference: str | None = None, plot: str | None = None) -> str:
   held = f"Held-out fold(s): {', '.join(holdout)} (not used to choose anything)." if holdout \
       else "All folds."
   lines = [held, "", "Mean ± std over folds × seeds" + (" (selection folds)" if holdout else "")
@@ -135,6 +165,9 @@ def report(workdirs, holdout, reference: str | None = None) -> str:
     lines += DIFF_HEAD
     for i, (label, uar, wf1, _) in enumerate(comparisons):
       lines.append(_diff_row(label, uar, wf1, f"{adj[i]:.2g}" if i in adj else "–"))
+    if plot:
+      forest_plot(comparisons, plot)
+      lines += ["", f"Forest plot of the UAR differences: `{plot}`."]
   folds = list(dict.fromkeys(f for _, _, fd in per_fold for f in fd))
   lines += ["", "Test UAR per fold (mean over seeds):", "",
             "| recipe | model | " + " | ".join(folds) + " |", "|---" * (len(folds) + 2) + "|"]
@@ -150,13 +183,16 @@ def main(argv) -> int:
   cli.define_report_flags(fv, holdout_default="")
   flags.DEFINE_string("reference", "", "also compare every work dir's Student+MCED rows "
                       "with this work dir's (paired by fold and seed)", flag_values=fv)
+  flags.DEFINE_string("plot", "", "also draw the UAR differences as a forest plot (PNG)",
+                      flag_values=fv)
   usage = ("usage: python -m mced_jax.evaluation.compare WORKDIR [WORKDIR ...] [--holdout=fold6] "
-           "[--reference=WORKDIR] [--out=FILE]")
+           "[--reference=WORKDIR] [--out=FILE] [--plot=FILE.png]")
   workdirs = cli.parse(fv, argv, usage, __doc__)
   if not workdirs:
     print(usage, file=sys.stderr)
     return 2
-  return cli.emit(report(workdirs, cli.holdout(fv), fv.reference or None), fv.out)
+  return cli.emit(report(workdirs, cli.holdout(fv), fv.reference or None, fv.plot or None),
+                  fv.out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def holdout(fv) -> list[str]:
 
 def emit(text: str, out: str) -> int:
   """Prints the report, writes it to `out` when given; the exit status (0)."""
-  from mced_jax.runtime import fs# pylint: disable=import-outside-toplevel
+  from mced_jax.runtime import fs  # pylint: disable=import-outside-toplevel
   print(text)
   if out:
     fs.write_text(out, text)

@@ -40,8 +40,11 @@ def test_paired_differences_with_intervals_and_a_held_out_fold(tmp_path, capsys)
   # fold differences 0.10, -0.05, 0.04 (the held-out fold is not among them)
   assert r.folds == 3 and abs(r.mean - 0.03) < 1e-9 and (r.folds_up, r.folds_down) == (2, 1)
   assert r.t_low < 0 < r.t_high  # sd 0.0755 over 3 folds: the interval spans 0
-  assert compare.main(["compare", w, "--holdout=fold6", f"--out={tmp_path / 'c.md'}"]) == 0
+  assert compare.main(["compare", w, "--holdout=fold6", f"--out={tmp_path / 'c.md'}",
+                       f"--plot={tmp_path / 'c.png'}"]) == 0
   text = open(tmp_path / "c.md").read()
+  assert open(tmp_path / "c.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert f"Forest plot of the UAR differences: `{tmp_path / 'c.png'}`." in text
   assert f"| real_speaker | {compare.MCED} | 0.535 ± 0.068" in text
   assert (f"| real_speaker: {compare.MCED} − {compare.SCRATCH} | +0.030 "
           f"[{compare._fmt(r.t_low)}, {compare._fmt(r.t_high)}] | {r.p_t:.2g} |") in text
