@@ -133,9 +133,14 @@ def finish(procs, timeout=1500):
     for p in procs:
       outs.append(p.communicate(timeout=timeout)[0])
   except subprocess.TimeoutExpired:
+    # Kill them all, then show where each one stood: a hang is only diagnosable
+    # from the last lines every process wrote.
     for q in procs:
       q.kill()
-    raise
+    tails = [(outs[i] if i < len(outs) else q.communicate()[0])[-1500:]
+             for i, q in enumerate(procs)]
+    raise AssertionError(f"no result after {timeout} s; killed. Last lines:\n" + "\n".join(
+        f"--- process {i}:\n{t}" for i, t in enumerate(tails))) from None
   failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode]
   # The first error lines of every process come first: a process that fails drags
   # the others into a shutdown-barrier abort, whose noise fills the tails.
