@@ -57,6 +57,8 @@ def test_benchmark_stage_writes_json_and_table(tmp_path):
   assert r["memory"]["total_bytes"] > r["train_state_bytes_per_device"] > 0
   # The analytic count and XLA's agree to within a factor well below 2.
   assert 0.5 < r["xla_over_analytic"] < 2.0
+  # On a CPU the precision policy puts its CPU kernels into the step, and says so.
+  assert r["platform"] == "cpu" and sum(r["cpu_kernels"].values()) > 0, r["cpu_kernels"]
   assert os.path.exists(tmp_path / "benchmark" / "results.md")
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines.synthetic import SyntheticPairs
+from mced_jax import kernels
 from mced_jax.models import teacher as teacher_lib
 from mced_jax.perf import hardware
 from mced_jax.runtime import fs
@@ -152,9 +153,13 @@ def bench_one(config, mesh_spec: str, dtype_name: str, batch: int, teacher) -> d
   with jax.set_mesh(mesh):
     batch_arrays = shd.global_batch(
         {k: v[rows] for k, v in source.global_batch_at(0).items()}, rows, mesh)
+    kernels.TRACED.clear()
     t0 = time.perf_counter()
     compiled = step.lower(state, batch_arrays, dist.teacher_params).compile()
     compile_s = time.perf_counter() - t0
+    # Which hardware kernels the precision policy put into this step: none on a
+    # GPU or TPU, so an accelerator figure is never a CPU kernel's.
+    cpu_kernels = dict(kernels.TRACED)
     for _ in range(b.warmup_steps):
       state, aux = compiled(state, batch_arrays, dist.teacher_params)
     jax.block_until_ready((state, aux))
@@ -179,7 +184,7 @@ def bench_one(config, mesh_spec: str, dtype_name: str, batch: int, teacher) -> d
   extra = {"allreduce_s": allreduce_seconds(mesh, trainable)} if b.collectives else {}
   return {
       "mesh": dict(mesh.shape), "mesh_spec": mesh_spec, "dtype": dtype_name,
-      "precision": dist.policy.describe(), "global_batch": batch,
+      "precision": dist.policy.describe(), "cpu_kernels": cpu_kernels, "global_batch": batch,
       "per_device_batch": batch // shd.batch_parallelism(mesh), "frames": b.frames,
       "tokens": b.tokens,
       "student_frames_after_conv": conv_lengths(b.frames, cfg.student.conv_strides)[-1],
@@ -251,8 +256,9 @@ def bench_input(config, teacher) -> dict:
 
 def _table(results: list[dict]) -> str:
   head = ("| mesh (data x fsdp) | dtype | batch | step ms (p50/p90) | examples/s | frames/s "
-          "| tokens/s | compile s | TFLOP/s | MFU | XLA/analytic | step MiB/device |")
-  lines = [head, "|" + "---|" * 12]
+          "| tokens/s | compile s | TFLOP/s | MFU | XLA/analytic | step MiB/device "
+          "| CPU kernels in step |")
+  lines = [head, "|" + "---|" * 13]
   for r in results:
     mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a"
     ratio = f"{r['xla_over_analytic']:.2f}" if r["xla_over_analytic"] else "n/a"
@@ -262,7 +268,8 @@ def _table(results: list[dict]) -> str:
         f"{1e3 * r['step_time_median_s']:.1f} / {1e3 * r['step_time_p90_s']:.1f} | "
         f"{r['examples_per_s']:.1f} | {r['audio_frames_per_s']:.0f} | "
         f"{r['text_tokens_per_s']:.0f} | {r['compile_s']:.1f} | "
-        f"{r['achieved_flops_per_s'] / 1e12:.3f} | {mfu} | {ratio} | {mem:.0f} |")
+        f"{r['achieved_flops_per_s'] / 1e12:.3f} | {mfu} | {ratio} | {mem:.0f} | "
+        f"{sum(r['cpu_kernels'].values())} |")
   return "\n".join(lines)
 
 
