@@ -1,6 +1,29 @@
 """Small helpers shared by tests."""
 
+import subprocess
+import tempfile
+
 import numpy as np
+
+
+def spawn(cmd, env, cwd) -> subprocess.Popen:
+  """A process whose stdout and stderr go to a file, not a pipe. A pipe holds
+  64 KiB: a process that nobody reads while it runs (a test polling its metrics,
+  or the later processes of a job read one after another) would block in its write
+  once it had logged more, and a blocked host stalls every other host in the next
+  collective. (Measured: the multi-host tests' processes write 2-15 KB each, so
+  this guards against that failure; it is not the found cause of the known hang.)"""
+  log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+  p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+  p.log = log
+  return p
+
+
+def output(p: subprocess.Popen, timeout: float | None = None) -> str:
+  """Everything `p` (from `spawn`) wrote, once it has exited."""
+  p.wait(timeout=timeout)
+  p.log.seek(0)
+  return p.log.read()
 
 
 def pad_batch(batch: dict, extra_frames: int, extra_tokens: int, rng=None) -> dict:

@@ -5,10 +5,12 @@ bring the job down. Two real processes on localhost; one lags 35 s."""
 
 import os
 import socket
-import subprocess
 import sys
 import textwrap
+import time
+
 from tests.conftest import xla_flags
+from tests.helpers import output, spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -43,10 +45,10 @@ def run_pair(warm: bool):
   port = str(free_port())
   env = dict(os.environ, XLA_FLAGS=xla_flags(4),
              PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), port, "1" if warm else "0"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  return [(p.communicate(timeout=300)[0], p.returncode) for p in procs]
+  procs = [spawn([sys.executable, "-c", WORKER, str(i), port, "1" if warm else "0"], env, ROOT)
+           for i in range(2)]
+  deadline = time.time() + 300
+  return [(output(p, timeout=max(1.0, deadline - time.time())), p.returncode) for p in procs]
 
 
 def test_a_process_lagging_past_gloos_timeout_survives_warm_collectives():

@@ -18,7 +18,7 @@ from mced_jax.models import export
 from mced_jax.train import distill
 from mced_jax.train import downstream
 from mced_jax.train import finetune as ft
-from tests.helpers import write_prepared
+from tests.helpers import output, spawn, write_prepared
 from tests.train.test_resume import ROOT
 from tests.conftest import xla_flags
 
@@ -192,8 +192,7 @@ def test_sigterm_mid_finetune_then_resume_equals_straight_run(tmp_path):
   p = subprocess.run(cmd(straight, *scratch_only), cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
-  proc = subprocess.Popen(cmd(split, *scratch_only), cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = spawn(cmd(split, *scratch_only), env, ROOT)
   deadline = time.time() + 300
   metrics = None
   while time.time() < deadline and proc.poll() is None:  # wait for epoch 3 of the run
@@ -205,7 +204,7 @@ def test_sigterm_mid_finetune_then_resume_equals_straight_run(tmp_path):
     time.sleep(0.05)
   assert metrics, "the fine-tuning run never got going"
   proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=300)
+  err = output(proc, timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert "stop signal received" in err and "re-run to resume" in err
   p = subprocess.run(cmd(split, *scratch_only), cwd=ROOT, env=env, capture_output=True,

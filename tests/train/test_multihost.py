@@ -36,6 +36,7 @@ from tests.data_pipelines.fixtures import demo_in_both_formats, write_wav
 from mced_jax.runtime.writers import read_jsonl
 from tests.train.test_resume import ROOT
 from tests.conftest import xla_flags
+from tests.helpers import output, spawn
 
 BUCKETS = (200, 260, 320, 400)
 STEPS = 14
@@ -118,8 +119,7 @@ def launch(workdir, data, processes: int, devices: int, *extra, wait=True, slurm
     cmd = [args(workdir, data, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                 f"--config.distributed.num_processes={processes}",
                 f"--config.distributed.process_id={i}", *extra) for i in range(processes)]
-  procs = [subprocess.Popen(c, cwd=ROOT, env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for c, e in zip(cmd, envs)]
+  procs = [spawn(c, e, ROOT) for c, e in zip(cmd, envs)]
   if not wait:
     return procs
   return finish(procs)
@@ -128,19 +128,19 @@ def launch(workdir, data, processes: int, devices: int, *extra, wait=True, slurm
 # Generous: 4 processes sharing 2 cores with the other test worker ran 141 s alone but
 # over 600 s in the full suite on an AVX2 machine; only a hang should reach this.
 def finish(procs, timeout=1500):
-  outs = []
+  deadline = time.time() + timeout
   try:
     for p in procs:
-      outs.append(p.communicate(timeout=timeout)[0])
+      p.wait(timeout=max(1.0, deadline - time.time()))
   except subprocess.TimeoutExpired:
     # Kill them all, then show where each one stood: a hang is only diagnosable
     # from the last lines every process wrote.
     for q in procs:
       q.kill()
-    tails = [(outs[i] if i < len(outs) else q.communicate()[0])[-1500:]
-             for i, q in enumerate(procs)]
+      q.wait()
     raise AssertionError(f"no result after {timeout} s; killed. Last lines:\n" + "\n".join(
-        f"--- process {i}:\n{t}" for i, t in enumerate(tails))) from None
+        f"--- process {i}:\n{output(q)[-1500:]}" for i, q in enumerate(procs))) from None
+  outs = [output(p) for p in procs]
   failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode]
   # The first error lines of every process come first: a process that fails drags
   # the others into a shutdown-barrier abort, whose noise fills the tails.
@@ -272,12 +272,10 @@ def launch_each(argvs, devices: int = 4):
   port, n = free_port(), len(argvs)
   env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
              JAX_PLATFORMS="cpu")
-  return [subprocess.Popen([sys.executable, "-m", "mced_jax.main", *a,
-                            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                            f"--config.distributed.num_processes={n}",
-                            f"--config.distributed.process_id={i}"],
-                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True) for i, a in enumerate(argvs)]
+  return [spawn([sys.executable, "-m", "mced_jax.main", *a,
+                 f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                 f"--config.distributed.num_processes={n}",
+                 f"--config.distributed.process_id={i}"], env, ROOT) for i, a in enumerate(argvs)]
 
 
 def test_hosts_reading_different_datasets_all_stop_and_say_which(corpus, tmp_path):
@@ -287,7 +285,10 @@ def test_hosts_reading_different_datasets_all_stop_and_say_which(corpus, tmp_pat
   argvs = [args(work, corpus[fmt], "--config.stages=distill")
            for fmt in ("array_record", "tfrecord")]
   procs = launch_each([a[3:] for a in argvs])
-  outs = [p.communicate(timeout=600)[0] for p in procs]
+  deadline = time.time() + 600
+  for p in procs:
+    p.wait(timeout=max(1.0, deadline - time.time()))
+  outs = [output(p) for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode != 0, out[-2000:]
     assert "the prepared dataset at data.path differs between processes" in out, out[-3000:]

@@ -13,6 +13,7 @@ import numpy as np
 from mced_jax.runtime import checkpoint as ckpt_lib
 from mced_jax.runtime.writers import read_jsonl
 from tests.conftest import xla_flags
+from tests.helpers import output, spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,9 +57,8 @@ def test_stop_after_then_sigterm_then_resume_equals_straight_run(tmp_path):
   assert "steps 0 -> 3" in first.stderr
   env = dict(os.environ, XLA_FLAGS=xla_flags(1),
              JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen([sys.executable, "-m", "mced_jax.main", "--config=configs/mced.py:tiny",
-                           f"--workdir={split}", *steps], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = spawn([sys.executable, "-m", "mced_jax.main", "--config=configs/mced.py:tiny",
+                f"--workdir={split}", *steps], env, ROOT)
   metrics = os.path.join(split, "distill", "metrics.jsonl")
   deadline = time.time() + 300
   while time.time() < deadline:  # wait until the resumed run is training
@@ -67,7 +67,7 @@ def test_stop_after_then_sigterm_then_resume_equals_straight_run(tmp_path):
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=300)
+  err = output(proc, timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert "restored step 3" in err and "stop signal received" in err
   mgr = ckpt_lib.Checkpointer(os.path.join(split, "distill", "checkpoints"))
