@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import os
 import struct
+import threading
 
 import numpy as np
 
@@ -90,6 +91,7 @@ class PreparedDataset:
     self.speaker_stats = {k: (np.asarray(v["mean"], np.float32), np.asarray(v["std"], np.float32))
                           for k, v in (stats.get("speakers") or {}).items()}
     self._parts: dict = {}
+    self._open_lock = threading.Lock()
 
   @functools.cached_property
   def records(self) -> list[dict]:
@@ -168,21 +170,34 @@ class PreparedDataset:
                          opts.get("feature_dtype", "float16"),
                          opts.get("tensor_encoding", "none"))
 
+  def _opened(self, part: str, open_part):
+    """The reader of `part`, opened by one thread while the others wait.
+
+    The loader's threads ask for parts concurrently. Opening imports
+    tensorflow_datasets, and its lazy imports deadlock when two threads import at
+    once on Python 3.11: one thread holds a module's import lock and waits for
+    `functools.cached_property`'s lock, which another holds while it waits for that
+    import (seen as a multi-host distillation that never finished its first step)."""
+    reader = self._parts.get(part)
+    if reader is None:
+      with self._open_lock:
+        reader = self._parts.get(part)
+        if reader is None:
+          reader = self._parts[part] = open_part(part)
+    return reader
+
   def _array_record(self, part: str):
-    if part not in self._parts:
-      tfds = tf_compat.tfds()
-      self._parts[part] = tfds.builder_from_directory(self.part_dir(part)).as_data_source(part)
-    return self._parts[part]
+    return self._opened(part, lambda p: tf_compat.tfds().builder_from_directory(
+        self.part_dir(p)).as_data_source(p))
 
   def _tfrecord_part(self, part: str) -> list:
     """A TFRecord part read whole (small corpora; URLs tf.data cannot open)."""
-    if part not in self._parts:
-      out = []
-      for path in self.part_files(part):
-        for raw in tfrecord_payloads(files.read_bytes(path)):
-          out.append(self.features_spec.deserialize_example_np(raw))
-      self._parts[part] = out
-    return self._parts[part]
+
+    def read(p):
+      return [self.features_spec.deserialize_example_np(raw)
+              for path in self.part_files(p) for raw in tfrecord_payloads(files.read_bytes(path))]
+
+    return self._opened(part, read)
 
   def raw_example(self, part: str, position: int) -> dict:
     try:

@@ -11,8 +11,7 @@ def spawn(cmd, env, cwd) -> subprocess.Popen:
   64 KiB: a process that nobody reads while it runs (a test polling its metrics,
   or the later processes of a job read one after another) would block in its write
   once it had logged more, and a blocked host stalls every other host in the next
-  collective. (Measured: the multi-host tests' processes write 2-15 KB each, so
-  this guards against that failure; it is not the found cause of the known hang.)"""
+  collective."""
   log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
   p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
   p.log = log

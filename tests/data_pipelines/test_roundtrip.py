@@ -5,6 +5,8 @@ reported and skipped; re-runs skip work."""
 import csv
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +87,49 @@ def test_round_trip_gives_back_features_tokens_labels(corpus):
     r = ds.by_id[f"u{i:02d}"]
     assert r["label"] == ["calm", "excited"][i % 2] and r["frames"] == len(want)
     assert r["num_tokens"] == len(ids)
+
+
+def test_threads_reading_at_once_open_each_part_once(corpus, monkeypatch):
+  """The loader's threads ask for shards at the same moment: one of them opens a
+  part (importing TFDS) while the others wait, and all get the right examples.
+  Opening in several threads at once deadlocked TFDS's lazy imports."""
+  real, opened = dataset_lib.tf_compat.tfds, []
+
+  def slow_tfds():  # widens the window in which a second opener would slip in
+    opened.append(threading.get_ident())
+    time.sleep(0.2)
+    return real()
+
+  monkeypatch.setattr(dataset_lib.tf_compat, "tfds", slow_tfds)
+  ds = dataset_lib.PreparedDataset(corpus["out"])
+  assert ds.format == "array_record"
+  records = ds.select("train") + ds.select("test")
+  start, got, errors = threading.Barrier(8), {}, []
+
+  def read(k):
+    try:
+      start.wait()
+      got[k] = {r["utt_id"]: ds.example(r, False).features for r in records}
+    except Exception as e:  # noqa: BLE001 - reported below
+      errors.append(e)
+
+  threads = [threading.Thread(target=read, args=(k,)) for k in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=120)
+  assert not errors and len(got) == 8, errors
+  parts = {index_part(ds, r) for r in records}
+  assert len(opened) == len(parts) > 1, (len(opened), parts)
+  want = read_all(corpus["out"], "train") | read_all(corpus["out"], "test")
+  for k in range(8):
+    for uid, x in got[k].items():
+      np.testing.assert_array_equal(x, want[uid].features)
+
+
+def index_part(ds, record) -> str:
+  ix, row = ds.index, int(record["row"])
+  return dataset_lib.index_lib.part_name(ix.splits[ix.split[row]], int(ix.bucket[row]))
 
 
 def test_loader_pads_to_buckets_with_masks(corpus):
