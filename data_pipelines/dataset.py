@@ -217,8 +217,7 @@ class PreparedDataset:
       row = self.by_id[record["utt_id"]]["row"]
     row = int(row)
     ix = self.index
-    part = index_lib.part_name(ix.splits[ix.split[row]], int(ix.bucket[row]))
-    ex = self.raw_example(part, int(ix.position[row]))
+    ex = self.raw_example(ix.part_of(row), int(ix.position[row]))
     if int(ex["row"]) != row:
       raise IOError(f"{self.path}: shard order does not match the index (row {int(ex['row'])} "
                     f"at the place of row {row}); prepare the corpus again")

@@ -84,6 +84,10 @@ class Index:
   def all_tokens(self) -> tuple[np.ndarray, np.ndarray]:
     return self._tokens()
 
+  def part_of(self, row: int) -> str:
+    """The shard part (split and bucket) that holds `row`."""
+    return part_name(self.splits[self.split[row]], int(self.bucket[row]))
+
   def rows_of(self, split: str) -> np.ndarray:
     """Row numbers of one split, or of several ('train+validation')."""
     want = [p.strip() for p in split.split("+") if p.strip()]

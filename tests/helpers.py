@@ -2,6 +2,7 @@
 
 import subprocess
 import tempfile
+import time
 
 import numpy as np
 
@@ -23,6 +24,12 @@ def output(p: subprocess.Popen, timeout: float | None = None) -> str:
   p.wait(timeout=timeout)
   p.log.seek(0)
   return p.log.read()
+
+
+def outputs(procs, timeout: float) -> list[str]:
+  """The outputs of all `procs` (from `spawn`), all exited within `timeout` s."""
+  deadline = time.time() + timeout
+  return [output(p, timeout=max(1.0, deadline - time.time())) for p in procs]
 
 
 def pad_batch(batch: dict, extra_frames: int, extra_tokens: int, rng=None) -> dict:

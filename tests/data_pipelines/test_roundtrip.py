@@ -119,17 +119,12 @@ def test_threads_reading_at_once_open_each_part_once(corpus, monkeypatch):
   for t in threads:
     t.join(timeout=120)
   assert not errors and len(got) == 8, errors
-  parts = {index_part(ds, r) for r in records}
+  parts = {ds.index.part_of(int(r["row"])) for r in records}
   assert len(opened) == len(parts) > 1, (len(opened), parts)
   want = read_all(corpus["out"], "train") | read_all(corpus["out"], "test")
   for k in range(8):
     for uid, x in got[k].items():
       np.testing.assert_array_equal(x, want[uid].features)
-
-
-def index_part(ds, record) -> str:
-  ix, row = ds.index, int(record["row"])
-  return dataset_lib.index_lib.part_name(ix.splits[ix.split[row]], int(ix.bucket[row]))
 
 
 def test_loader_pads_to_buckets_with_masks(corpus):

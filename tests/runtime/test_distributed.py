@@ -7,10 +7,9 @@ import os
 import socket
 import sys
 import textwrap
-import time
 
 from tests.conftest import xla_flags
-from tests.helpers import output, spawn
+from tests.helpers import outputs, spawn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,8 +46,7 @@ def run_pair(warm: bool):
              PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   procs = [spawn([sys.executable, "-c", WORKER, str(i), port, "1" if warm else "0"], env, ROOT)
            for i in range(2)]
-  deadline = time.time() + 300
-  return [(output(p, timeout=max(1.0, deadline - time.time())), p.returncode) for p in procs]
+  return [(out, p.returncode) for out, p in zip(outputs(procs, 300), procs)]
 
 
 def test_a_process_lagging_past_gloos_timeout_survives_warm_collectives():

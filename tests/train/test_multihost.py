@@ -36,7 +36,7 @@ from tests.data_pipelines.fixtures import demo_in_both_formats, write_wav
 from mced_jax.runtime.writers import read_jsonl
 from tests.train.test_resume import ROOT
 from tests.conftest import xla_flags
-from tests.helpers import output, spawn
+from tests.helpers import output, outputs, spawn
 
 BUCKETS = (200, 260, 320, 400)
 STEPS = 14
@@ -128,10 +128,8 @@ def launch(workdir, data, processes: int, devices: int, *extra, wait=True, slurm
 # Generous: 4 processes sharing 2 cores with the other test worker ran 141 s alone but
 # over 600 s in the full suite on an AVX2 machine; only a hang should reach this.
 def finish(procs, timeout=1500):
-  deadline = time.time() + timeout
   try:
-    for p in procs:
-      p.wait(timeout=max(1.0, deadline - time.time()))
+    outs = outputs(procs, timeout)
   except subprocess.TimeoutExpired:
     # Kill them all, then show where each one stood: a hang is only diagnosable
     # from the last lines every process wrote.
@@ -140,7 +138,6 @@ def finish(procs, timeout=1500):
       q.wait()
     raise AssertionError(f"no result after {timeout} s; killed. Last lines:\n" + "\n".join(
         f"--- process {i}:\n{output(q)[-1500:]}" for i, q in enumerate(procs))) from None
-  outs = [output(p) for p in procs]
   failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode]
   # The first error lines of every process come first: a process that fails drags
   # the others into a shutdown-barrier abort, whose noise fills the tails.
@@ -285,10 +282,7 @@ def test_hosts_reading_different_datasets_all_stop_and_say_which(corpus, tmp_pat
   argvs = [args(work, corpus[fmt], "--config.stages=distill")
            for fmt in ("array_record", "tfrecord")]
   procs = launch_each([a[3:] for a in argvs])
-  deadline = time.time() + 600
-  for p in procs:
-    p.wait(timeout=max(1.0, deadline - time.time()))
-  outs = [output(p) for p in procs]
+  outs = outputs(procs, 600)
   for p, out in zip(procs, outs):
     assert p.returncode != 0, out[-2000:]
     assert "the prepared dataset at data.path differs between processes" in out, out[-3000:]
