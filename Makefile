@@ -62,7 +62,7 @@ evidence: venv
 # Two workers (the tests compile and spawn processes; one core each is the sweet
 # spot on 2 cores); a test file's tests stay on one worker (shared fixtures).
 test: venv
-	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 clean:
 	rm -rf runs
