@@ -69,8 +69,8 @@ def lanes_of(cores: list[int], threads: int, lanes: int) -> list[list[int]]:
   return [cores[i * threads:(i + 1) * threads] for i in range(n)]
 
 
-def _pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
-  return cmd if cpus is None else ["taskset", "-c", ",".join(map(str, cpus))] + cmd
+def _pinned(cmd: list[str], cpus: list[int]) -> list[str]:
+  return ["taskset", "-c", ",".join(map(str, cpus))] + cmd
 
 
 def _last_json_line(text: str) -> dict:
@@ -81,10 +81,9 @@ def _last_json_line(text: str) -> dict:
   raise ValueError("no JSON line in the peer's output")
 
 
-def run_peer(torch_python: str, dtype: str, shapes: dict, threads: int, peer: str,
-             cpus: list[int] | None = None) -> dict:
+def run_peer(torch_python: str, dtype: str, shapes: dict, peer: str, cpus: list[int]) -> dict:
   cmd = [torch_python, peer, "--batch", str(shapes["batch"]), "--frames", str(shapes["frames"]),
-         "--tokens", str(shapes["tokens"]), "--teacher", "base", "--threads", str(threads)]
+         "--tokens", str(shapes["tokens"]), "--teacher", "base", "--threads", str(len(cpus))]
   if dtype == "bfloat16":
     cmd.append("--bf16")
   cmd = _pinned(cmd, cpus)
@@ -95,8 +94,8 @@ def run_peer(torch_python: str, dtype: str, shapes: dict, threads: int, peer: st
   return {"examples_per_s": float(r["examples_per_s"]), "step_ms": float(r["step_ms_median"])}
 
 
-def run_mced(dtype: str, shapes: dict, threads: int, workdir: str,
-             cpus: list[int] | None = None, matmul: str = "auto") -> dict:
+def run_mced(dtype: str, shapes: dict, workdir: str, cpus: list[int], matmul: str = "auto") -> dict:
+  """XLA:CPU uses every core it may: pinned to `cpus` like the peer."""
   out = os.path.join(workdir, "benchmark")
   before = set(glob.glob(os.path.join(out, "*.json")))
   cmd = [sys.executable, "-m", "mced_jax.main", "--config=configs/benchmark.py",
@@ -104,8 +103,6 @@ def run_mced(dtype: str, shapes: dict, threads: int, workdir: str,
          f"--config.benchmark.batch_sizes=({shapes['batch']},)",
          f"--config.benchmark.frames={shapes['frames']}",
          f"--config.benchmark.tokens={shapes['tokens']}", f"--config.matmul={matmul}"]
-  if cpus is None and threads != os.cpu_count():  # XLA:CPU uses every core it sees
-    cpus = physical_cores()[:threads]
   cmd = _pinned(cmd, cpus)
   p = subprocess.run(cmd, capture_output=True, text=True, check=False)
   new = sorted(set(glob.glob(os.path.join(out, "*.json"))) - before)
@@ -136,7 +133,7 @@ def summarize(runs: list[dict], dtypes) -> dict:
     rounds = by_round(runs, d).values()
     ratios = [ex["mced_jax"] / ex["torch"] for ex in rounds if "mced_jax" in ex and "torch" in ex]
     xla = [ex["mced_jax_xla"] / ex["torch"] for ex in rounds if "mced_jax_xla" in ex and "torch" in ex]
-    for side in ("mced_jax", "torch", "mced_jax_xla"):
+    for side in ("mced_jax", "torch"):
       v = [r["examples_per_s"] for r in runs if r["dtype"] == d and r["side"] == side]
       if v:
         med[(side, d)] = statistics.median(v)
@@ -162,12 +159,11 @@ def report(runs: list[dict], dtypes, info: dict, shapes: dict) -> str:
   lines = [f"# mced_jax vs PyTorch peer, {time.strftime('%Y-%m-%d')}", "",
            f"Machine: {info['cpu']}, {info['cores']} cores, bf16 units: "
            f"{'yes' if info['bf16_units'] else 'no'}. Shapes: batch {shapes['batch']}, "
-           f"{shapes['frames']} frames, {shapes['tokens']} tokens, BERT-base-shaped teacher.", "",
-           "| round | dtype | PyTorch ex/s | mced_jax ex/s | ratio |", "|---|---|---|---|---|"]
+           f"{shapes['frames']} frames, {shapes['tokens']} tokens, BERT-base-shaped teacher.", ""]
   xla = any(r["side"] == "mced_jax_xla" for r in runs)
-  if xla:
-    lines[-2:] = ["| round | dtype | PyTorch ex/s | mced_jax ex/s | ratio | "
-                  "mced_jax, XLA's kernels | ratio |", "|---|---|---|---|---|---|---|"]
+  lines += (["| round | dtype | PyTorch ex/s | mced_jax ex/s | ratio | mced_jax, XLA's kernels | "
+             "ratio |", "|---|---|---|---|---|---|---|"] if xla else
+            ["| round | dtype | PyTorch ex/s | mced_jax ex/s | ratio |", "|---|---|---|---|---|"])
   rounds = {d: by_round(runs, d) for d in dtypes}
   for k in sorted({r["round"] for r in runs}):
     for d in dtypes:
@@ -246,10 +242,10 @@ def main(argv) -> int:
           t0 = time.time()
           try:
             if side == "torch":
-              r = run_peer(fv.torch_python, d, shapes, fv.threads, fv.peer, cpus)
+              r = run_peer(fv.torch_python, d, shapes, fv.peer, cpus)
             else:
-              r = run_mced(d, shapes, fv.threads, os.path.join(fv.out, "mced", f"round{k}"),
-                           cpus, matmul="xla" if side == "mced_jax_xla" else "auto")
+              r = run_mced(d, shapes, os.path.join(fv.out, "mced", f"round{k}"), cpus,
+                           matmul="xla" if side == "mced_jax_xla" else "auto")
           except RuntimeError as e:  # one failed run costs its ratio, not the other rounds
             print(f"round {k} {d} {side} failed: {e}", file=sys.stderr, flush=True)
             with lock:
