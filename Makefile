@@ -44,20 +44,28 @@ ravdess-real: venv
 # then every arm in its own work dir (cached and resumable), then the paired report.
 # Finished run records kept in docs/experiments/evidence/runs are reused (they match
 # only a checkout at the path that made them: the run cache is keyed by absolute paths).
+# Everything ran in fp32: the six per-speaker arms under dtype=auto on a CPU without
+# bf16 units, the teacher and mced_demo_fold with dtype=float32 given (auto would
+# pick bf16 on a CPU with bf16 units); the dtype is part of the run cache's key.
 EVIDENCE_ARMS ?= mced_demo shuffled flat supervised real both mced_demo_fold
+PROTOCOL_ARMS := mced_demo shuffled flat supervised real both
 EVIDENCE_RUNS := docs/experiments/evidence/runs
 evidence: venv
 	mkdir -p runs/ravdess_real/finetune_runs
 	if [ -d $(EVIDENCE_RUNS) ]; then cp -rn $(EVIDENCE_RUNS)/. runs/ravdess_real/finetune_runs/; fi
 	$(PYTHON) -m mced_jax.main --config=configs/ravdess_real.py:teacher \
-	  --workdir=runs/ravdess_real/teacher
+	  --workdir=runs/ravdess_real/teacher --config.dtype=float32
 	for a in $(EVIDENCE_ARMS); do \
+	  dtype=""; [ $$a = mced_demo_fold ] && dtype=--config.dtype=float32; \
 	  $(PYTHON) -m mced_jax.main --config=configs/evidence.py:$$a \
-	    --workdir=runs/evidence/$$a || exit 1; \
+	    --workdir=runs/evidence/$$a $$dtype || exit 1; \
 	done
 	$(PYTHON) -m mced_jax.evaluation.compare $(addprefix runs/evidence/,$(EVIDENCE_ARMS)) \
 	  --reference=runs/evidence/mced_demo --out=runs/evidence/comparison.md \
 	  --plot=runs/evidence/comparison.png
+	# the protocol's Holm family: the six single-run comparisons against scratch
+	$(PYTHON) -m mced_jax.evaluation.compare $(addprefix runs/evidence/,$(PROTOCOL_ARMS)) \
+	  --out=runs/evidence/comparison_protocol.md --plot=runs/evidence/comparison_protocol.png
 
 # Two workers (the tests compile and spawn processes; one core each is the sweet
 # spot on 2 cores); a test file's tests stay on one worker (shared fixtures).
