@@ -14,6 +14,8 @@ written once by process 0 as msgpack, restored onto the mesh by each process.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from absl import logging
@@ -62,17 +64,16 @@ class Checkpointer:
 
 # Replica-parallel saving (orbax's default off GPUs) splits every replicated shard
 # between its replicas by slicing it on the device: one compiled program per array
-# shape and offset, ~4 s on the first save of the tiny model and 6-13 s in the
+# shape and offset, ~3 s on the first save of the tiny model and 6-13 s in the
 # multi-host tests, for arrays too small to gain from parallel writes. Only slices
 # of at least this many bytes are still written in parallel.
 MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
 
 
+@functools.cache
 def _register_array_handler(ocp) -> None:
+  """Once per process: orbax's handler registry is global."""
   default = ocp.type_handlers.get_type_handler(jax.Array)
-  if getattr(default, "_min_slice_bytes_for_replica_parallel", None) == (
-      MIN_REPLICA_PARALLEL_SLICE_BYTES):
-    return
   ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
       array_metadata_store=getattr(default, "_array_metadata_store", None),
       min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES), override=True)
