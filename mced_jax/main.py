@@ -37,6 +37,8 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/mced.py")
+  from mced_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
+  host_memory.keep_freed_memory()  # before anything starts XLA's CPU threads
   from mced_jax import stages# pylint: disable=import-outside-toplevel
   try:
     names = stages.parse(config.stages)
@@ -48,6 +50,7 @@ def main(argv):
   distributed.initialize(config.distributed)
   logging.info("mced_jax: %d process(es), %d device(s): %s", jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
+  logging.info("host malloc: %s", host_memory.STATE["reason"])
   stages.check_multihost(names)
   layout = Layout(_WORKDIR.value)
   from mced_jax.runtime import preemption# pylint: disable=import-outside-toplevel
