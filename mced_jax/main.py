@@ -38,7 +38,7 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/mced.py")
   from mced_jax.runtime import host_memory  # pylint: disable=import-outside-toplevel
-  host_memory.keep_freed_memory()  # before anything starts XLA's CPU threads
+  host_memory.keep_freed_memory(config.get("host_malloc", "system"))  # before XLA starts
   from mced_jax import stages# pylint: disable=import-outside-toplevel
   try:
     names = stages.parse(config.stages)

@@ -1,19 +1,22 @@
-"""Keeps freed host memory in the process on CPU-only installs (glibc's malloc).
+"""Keeps freed host memory in the process (glibc's malloc), for step-bound CPU runs.
 
 XLA:CPU allocates each execution's temporary buffers as one block (~0.8 GB for
 the benchmark's distillation step) from one of its worker threads and frees it
 at the end. glibc serves a block that large from a worker thread's arena with a
 fresh mmap every time, so every step first-touches all of it again: ~200k page
-faults a step, 8-10 % of a bf16 step on a 2-core Xeon (docs/benchmark.md). With
-one malloc arena, no mmap for large blocks and no trimming, the block is reused
-from the heap and the faults are gone; the price is that the process keeps its
-peak heap (the benchmark's resident memory: 2.6 GB -> 4.7 GB).
+faults a step, 5-9 % of the step on a 2-core Xeon (docs/benchmark.md). With one
+malloc arena, no mmap for large blocks and no trimming, the block is reused from
+the heap and the faults are gone.
 
-It must run before XLA's CPU client starts its threads (a thread keeps the
-arena it first used), so `mced_jax.main` calls it first thing. It applies
-only where no accelerator plugin is installed (on GPU/TPU hosts the host
-heap serves input pipelines, which one arena would serialise), and
-MCED_HOST_MALLOC=system / =keep forces either way.
+The price: every thread then shares one arena, so malloc-heavy multi-threaded
+work (XLA's compilation above all) is slower, and the process keeps its peak
+heap. So it is a choice (`config.host_malloc`): "keep" for step-bound runs (the
+benchmark config), "system" (glibc's defaults) otherwise; MCED_HOST_MALLOC
+overrides the config. "keep" is left off where an accelerator plugin is
+installed: there the host heap serves the input pipeline's threads.
+
+It must run before XLA's CPU client starts its threads (a thread keeps the arena
+it first used), so `mced_jax.main` calls it first thing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
+MODES = ("keep", "system")
 
 STATE = {"applied": False, "reason": "not yet called"}
 
@@ -38,30 +42,33 @@ def _accelerator_plugin() -> str | None:
   return None
 
 
-def keep_freed_memory() -> bool:
-  """Applies the malloc settings above where they fit; returns whether it did and
-  records why in STATE."""
-  mode = os.environ.get("MCED_HOST_MALLOC", "auto")
-  if mode not in ("auto", "keep", "system"):
-    raise ValueError(f"MCED_HOST_MALLOC must be auto, keep or system, got {mode!r}")
+def _skip(reason: str) -> bool:
+  STATE.update(applied=False, reason=reason)
+  return False
+
+
+def keep_freed_memory(mode: str = "system") -> bool:
+  """Applies the malloc settings above if `mode` (or MCED_HOST_MALLOC) is "keep"
+  and they fit; returns whether it did and records why in STATE."""
+  source = "MCED_HOST_MALLOC" if os.environ.get("MCED_HOST_MALLOC") else "config.host_malloc"
+  mode = os.environ.get("MCED_HOST_MALLOC") or mode
+  if mode not in MODES:
+    raise ValueError(f"{source} must be one of {MODES}, got {mode!r}")
   if mode == "system":
-    STATE.update(applied=False, reason="MCED_HOST_MALLOC=system")
-    return False
-  if mode == "auto":
-    plugin = _accelerator_plugin()
-    if plugin:
-      STATE.update(applied=False, reason=f"accelerator plugin {plugin} installed")
-      return False
+    return _skip(f"glibc defaults ({source}=system)")
+  plugin = _accelerator_plugin()
+  if plugin:
+    return _skip(f"glibc defaults: accelerator plugin {plugin} installed")
   if not sys.platform.startswith("linux"):
-    STATE.update(applied=False, reason=f"not glibc ({sys.platform})")
-    return False
+    return _skip(f"system allocator (not glibc: {sys.platform})")
   try:
     libc = ctypes.CDLL("libc.so.6")
     libc.gnu_get_libc_version  # pylint: disable=pointless-statement
   except (OSError, AttributeError):
-    STATE.update(applied=False, reason="not glibc")
-    return False
+    return _skip("system allocator (not glibc)")
   ok = all(libc.mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),
                                                  (_M_TRIM_THRESHOLD, 2**31 - 1)))
-  STATE.update(applied=ok, reason="one arena, no mmap, no trim" if ok else "mallopt refused")
-  return ok
+  if not ok:
+    return _skip("glibc defaults (mallopt refused)")
+  STATE.update(applied=True, reason="kept: one arena, no mmap, no trim")
+  return True

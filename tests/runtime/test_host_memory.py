@@ -50,9 +50,21 @@ def test_kept_memory_removes_the_per_execution_page_faults():
 
 def test_switch_values(monkeypatch):
   monkeypatch.setattr(host_memory, "STATE", dict(host_memory.STATE))
-  monkeypatch.setenv("MCED_HOST_MALLOC", "system")
-  assert host_memory.keep_freed_memory() is False
-  assert host_memory.STATE["reason"] == "MCED_HOST_MALLOC=system"
+  monkeypatch.delenv("MCED_HOST_MALLOC", raising=False)
+  assert host_memory.keep_freed_memory() is False  # glibc's defaults unless asked
+  assert host_memory.STATE["reason"] == "glibc defaults (config.host_malloc=system)"
+  with pytest.raises(ValueError, match="config.host_malloc"):
+    host_memory.keep_freed_memory("sometimes")
+  monkeypatch.setenv("MCED_HOST_MALLOC", "system")  # the environment overrides the config
+  assert host_memory.keep_freed_memory("keep") is False
+  assert host_memory.STATE["reason"] == "glibc defaults (MCED_HOST_MALLOC=system)"
   monkeypatch.setenv("MCED_HOST_MALLOC", "sometimes")
   with pytest.raises(ValueError, match="MCED_HOST_MALLOC"):
     host_memory.keep_freed_memory()
+
+
+def test_the_benchmark_config_keeps_the_heap_and_the_default_does_not():
+  import benchmark  # configs/  pylint: disable=import-outside-toplevel
+  import mced  # pylint: disable=import-outside-toplevel
+  assert benchmark.get_config().host_malloc == "keep"
+  assert mced.get_config().host_malloc == "system"
