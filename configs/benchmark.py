@@ -21,6 +21,7 @@ def get_config(arg: str | None = None):
   c.stages = "benchmark"
   if arg == "tiny":
     return c
+  c.host_malloc = "keep"  # step-bound by design (configs/mced.py)
   c.teacher.source = "random"  # BERT-base shape from configs/mced.py
   c.distill.teacher_layers = (6, 8, 10, 12)  # the paper's BERT-base pairs
   c.distill.student_layers = (3, 4, 5, 6)
@@ -31,7 +32,6 @@ def get_config(arg: str | None = None):
   c.benchmark.frames = 400  # 4 s of audio at 100 frames/s
   c.benchmark.tokens = 32
   c.benchmark.warmup_steps = 2
-  c.host_malloc = "keep"  # step-bound by design (configs/mced.py)
   c.benchmark.timed_steps = 10
   if arg == "scaling":  # python -m mced_jax.perf.scaling measure: one device per process
     c.benchmark.dtypes = ("float32",)

@@ -50,8 +50,9 @@ def _skip(reason: str) -> bool:
 def keep_freed_memory(mode: str = "system") -> bool:
   """Applies the malloc settings above if `mode` (or MCED_HOST_MALLOC) is "keep"
   and they fit; returns whether it did and records why in STATE."""
-  source = "MCED_HOST_MALLOC" if os.environ.get("MCED_HOST_MALLOC") else "config.host_malloc"
-  mode = os.environ.get("MCED_HOST_MALLOC") or mode
+  override = os.environ.get("MCED_HOST_MALLOC")
+  source = "MCED_HOST_MALLOC" if override else "config.host_malloc"
+  mode = override or mode
   if mode not in MODES:
     raise ValueError(f"{source} must be one of {MODES}, got {mode!r}")
   if mode == "system":
